@@ -1,0 +1,53 @@
+"""The app factory: models and the gallery are built in the lifespan, never at import."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+
+from .. import __version__
+from ..config import Settings
+from ..pipeline import Pipeline
+from . import errors, legacy, v1
+from .deps import Worker
+from .limits import BodyLimitMiddleware
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
+    """Build the FastAPI app. ``pipeline`` may be given (tests, embedding); otherwise it is loaded at startup."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own = pipeline is None
+        p = pipeline or await anyio.to_thread.run_sync(Pipeline.from_settings, settings)
+        app.state.pipeline = p
+        app.state.worker = Worker(settings.inference_threads)
+        g = p.gallery
+        log.info(
+            "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
+            __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, g.data_dir, g.person_count, g.face_count,
+        )
+        try:
+            yield
+        finally:
+            if own:
+                await anyio.to_thread.run_sync(p.close)
+
+    app = FastAPI(
+        title="FaceGate",
+        version=__version__,
+        description="Self-hosted face recognition: enrol people, then identify faces in images.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    errors.install(app)
+    app.include_router(legacy.router)
+    app.include_router(v1.router)
+    app.include_router(v1.health_router)
+    return app

@@ -1,0 +1,61 @@
+"""The reference clients' API: ``POST /register`` and ``POST /predict``, with their exact JSON fields."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from fastapi import APIRouter
+
+from ..align import eye_points
+from ..imageio import load_b64_image
+from .deps import PipelineDep, WorkerDep
+from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["reference API"])
+ERRORS = {code: {"model": ErrorBody} for code in (409, 413, 422)}
+
+_IMAGE_FIELDS = ("first_img", "sec_img", "third_img")
+
+
+@router.post("/register", response_model=RegisterResponse, responses=ERRORS)
+async def register(body: RegisterRequest, pipeline: PipelineDep, worker: WorkerDep) -> RegisterResponse:
+    """Enrol ``user_name`` from three face images. All three must hold a face, or nothing is stored."""
+
+    def work():
+        images = [load_b64_image(getattr(body, f), pipeline.limits, field=f) for f in _IMAGE_FIELDS]
+        return pipeline.enroll(body.user_name, images, _IMAGE_FIELDS)
+
+    person = await worker.run(work)
+    log.info("registered person %s with %d faces", person.id, person.face_count)
+    return RegisterResponse(
+        user_name=person.name,
+        person_id=person.id,
+        faces=person.face_count,
+        message=f"{person.name} registered with {person.face_count} faces",
+    )
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(body: PredictRequest, pipeline: PipelineDep, worker: WorkerDep) -> PredictResponse:
+    """Who is in this face crop. The two eye points are used only if the server's detector finds no face."""
+    coords = (body.keypoints_x1, body.keypoints_y1, body.keypoints_x2, body.keypoints_y2)
+    eyes = eye_points(*coords) if all(c is not None for c in coords) else None
+    if eyes is not None and not np.all(np.isfinite(eyes)):
+        eyes = None
+
+    def work():
+        image = load_b64_image(body.image, pipeline.limits, field="image")
+        return pipeline.identify_face(image, eyes, field="image")
+
+    ident = await worker.run(work)
+    d = ident.decision
+    return PredictResponse(
+        user_name=d.name if d.known else "unknown",
+        similarity=round(d.similarity, 6),
+        status="recognized" if d.known else "unknown",
+        person_id=d.person_id,
+        threshold=ident.threshold,
+        landmarks=ident.located.landmarks,
+    )

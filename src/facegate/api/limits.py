@@ -1,0 +1,76 @@
+"""Request-size cap enforced before the body is read into memory or decoded."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodyTooLarge(HTTPException):
+    """An HTTPException so that FastAPI's body parsing re-raises it as it is (413), not as a 400."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(status_code=413, detail=detail)
+
+
+class BodyLimitMiddleware:
+    """Refuses bodies over ``max_bytes`` with 413: by Content-Length up front, or while streaming."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._refuse(send, 400, "invalid Content-Length header", "bad_request")
+                    return
+                if declared > self.max_bytes:
+                    await self._refuse(send, 413, self._message(declared), "request_too_large")
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self._message(seen))
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await self._refuse(send, 413, self._message(seen), "request_too_large")
+
+    def _message(self, n: int) -> str:
+        return f"request body of {n} bytes exceeds the limit of {self.max_bytes} bytes"
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, detail: str, code: str) -> None:
+        body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,141 @@
+"""Request and response bodies. The legacy ones keep the reference clients' exact field names."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+Number = StrictFloat | StrictInt
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------- reference (seed) API
+class RegisterRequest(_Strict):
+    user_name: StrictStr = Field(..., description="The person's name (unique, case-insensitive).")
+    first_img: StrictStr = Field(..., description="Base64 image (a data:image/...;base64, prefix is accepted).")
+    sec_img: StrictStr
+    third_img: StrictStr
+
+
+class RegisterResponse(BaseModel):
+    status: Literal["registered"] = "registered"
+    user_name: str
+    person_id: int
+    faces: int
+    message: str
+
+
+class PredictRequest(_Strict):
+    file_name: StrictStr | None = Field(None, description="A label for logs only; never used as a path.")
+    image: StrictStr = Field(..., description="Base64 face crop (or a whole photo).")
+    keypoints_x1: Number | None = Field(None, description="Eye centre on the image's left, x in crop pixels.")
+    keypoints_y1: Number | None = None
+    keypoints_x2: Number | None = Field(None, description="Eye centre on the image's right, x in crop pixels.")
+    keypoints_y2: Number | None = None
+
+
+class PredictResponse(BaseModel):
+    user_name: str = Field(..., description='The recognised name, or "unknown".')
+    similarity: float = Field(..., description="Cosine similarity of the winner's nearest face (or of the nearest face when unknown).")
+    status: Literal["recognized", "unknown"]
+    person_id: int | None
+    threshold: float
+    landmarks: Literal["detector", "eyes"] = Field(..., description="What aligned the face: server-side BlazeFace or the client's eye points.")
+
+
+# ---------------------------------------------------------------- v1
+class Box(BaseModel):
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class FaceMatch(BaseModel):
+    box: Box | None
+    score: float | None = Field(None, description="Detector confidence.")
+    status: Literal["recognized", "unknown"]
+    person_id: int | None
+    name: str | None
+    similarity: float
+
+
+class IdentifyJSON(_Strict):
+    image: StrictStr
+
+
+class IdentifyResponse(BaseModel):
+    faces: list[FaceMatch]
+    model: str
+    threshold: float
+
+
+class EnrollJSON(_Strict):
+    name: StrictStr
+    images: list[StrictStr] = Field(..., min_length=1)
+
+
+class FacesJSON(_Strict):
+    images: list[StrictStr] = Field(..., min_length=1)
+
+
+class VerifyJSON(_Strict):
+    image_a: StrictStr
+    image_b: StrictStr
+
+
+class VerifyResponse(BaseModel):
+    same_person: bool
+    similarity: float
+    threshold: float
+    model: str
+
+
+class FaceOut(BaseModel):
+    id: int
+    source: str | None
+    created_at: str
+    crop_url: str | None
+
+
+class PersonSummary(BaseModel):
+    id: int
+    name: str
+    created_at: str
+    face_count: int
+
+
+class PersonOut(PersonSummary):
+    faces: list[FaceOut]
+
+
+class PeopleList(BaseModel):
+    people: list[PersonSummary]
+    count: int
+
+
+class GalleryHealth(BaseModel):
+    people: int
+    faces: int
+    search: Literal["exact", "hnsw"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    model: str
+    detector: str
+    threshold: float
+    tta: Literal["none", "concat", "sum"]
+    top_k: int
+    gallery: GalleryHealth
+
+
+class ErrorBody(BaseModel):
+    detail: str
+    code: str
+    field: str | None = None

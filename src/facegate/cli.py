@@ -1,0 +1,211 @@
+"""The ``facegate`` command: serve, enroll a folder, identify images, manage people."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .config import Settings, load_settings
+from .errors import FaceGateError
+
+app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
+people_app = typer.Typer(help="List or delete enrolled people.", no_args_is_help=True)
+app.add_typer(people_app, name="people")
+console = Console(stderr=True)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory (else $FACEGATE_DATA_DIR).")]
+
+
+def _settings(config: Path | None, **overrides) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _pipeline(settings: Settings):
+    from .pipeline import Pipeline
+
+    try:
+        return Pipeline.from_settings(settings)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8000).")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    detector: Annotated[Optional[str], typer.Option(help="BlazeFace model: short or full.")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat or sum.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the HTTP server (the reference /register and /predict, and /v1)."""
+    import uvicorn
+
+    from .api import create_app
+
+    s = _settings(config, host=host, port=port, data_dir=data, detector=detector, tta=tta, threshold=threshold)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {s.data_dir}, docs: /docs)")
+    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
+
+
+@app.command()
+def enroll(
+    folder: Annotated[Path, typer.Argument(help="A folder with one sub-folder of photos per person, named after them.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many photos per person (0: all).")] = 0,
+    existing: Annotated[str, typer.Option(help="A name already enrolled: skip, or add the photos to them.")] = "skip",
+) -> None:
+    """Enrol everyone in FOLDER. Photos without a usable face are reported and left out."""
+    if not folder.is_dir():
+        console.print(f"[red]error:[/red] {folder} is not a folder")
+        raise typer.Exit(2)
+    if existing not in ("skip", "add"):
+        console.print("[red]error:[/red] --existing must be skip or add")
+        raise typer.Exit(2)
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    from .imageio import read_image_file
+
+    people = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+    enrolled = skipped = 0
+    problems: list[str] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("enrolling", total=len(people))
+        for d in people:
+            bar.update(task, description=f"enrolling {d.name[:24]:<24}")
+            paths = _images_in(d)[: limit or None]
+            images, labels = [], []
+            for pth in paths:
+                try:
+                    img = read_image_file(str(pth), pipe.limits)
+                    pipe.locate(img, field=pth.name)  # check before storing anything
+                    images.append(img)
+                    labels.append(pth.name)
+                except FaceGateError as exc:
+                    problems.append(f"{d.name}/{pth.name}: {exc.message}")
+            if not images:
+                problems.append(f"{d.name}: no usable photo, not enrolled")
+            else:
+                try:
+                    person = pipe.gallery.find_person(d.name)
+                    if person is None:
+                        pipe.enroll(d.name, images, labels)
+                        enrolled += 1
+                    elif existing == "add":
+                        pipe.add_faces(person.id, images, labels)
+                        enrolled += 1
+                    else:
+                        skipped += 1
+                except FaceGateError as exc:
+                    problems.append(f"{d.name}: {exc.message}")
+            bar.advance(task)
+    pipe.close()
+    for p in problems:
+        console.print(f"[yellow]skipped[/yellow] {p}")
+    console.print(f"enrolled {enrolled} people, {skipped} already enrolled, {len(problems)} problems")
+
+
+@app.command()
+def identify(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Name every face in each image."""
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    from .imageio import read_image_file
+
+    status = 0
+    for path in images:
+        try:
+            results = pipe.identify_all(read_image_file(str(path), pipe.limits))
+        except (FaceGateError, OSError) as exc:
+            console.print(f"[red]{path}:[/red] {getattr(exc, 'message', exc)}")
+            status = 1
+            continue
+        rows = [
+            {
+                "image": str(path),
+                "box": [round(v, 1) for v in r.located.box] if r.located.box else None,
+                "name": r.decision.name if r.decision.known else "unknown",
+                "person_id": r.decision.person_id,
+                "similarity": round(r.decision.similarity, 4),
+            }
+            for r in results
+        ]
+        if as_json:
+            for row in rows or [{"image": str(path), "box": None, "name": None, "person_id": None, "similarity": None}]:
+                print(json.dumps(row))
+        else:
+            print(f"{path}: " + (", ".join(f"{r['name']} ({r['similarity']:.3f})" for r in rows) or "no face"))
+    pipe.close()
+    raise typer.Exit(status)
+
+
+@people_app.command("list")
+def people_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Everyone enrolled, with their face counts."""
+
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    table = Table("id", "name", "faces", "enrolled")
+    for p in pipe.gallery.list_people():
+        table.add_row(str(p.id), p.name, str(p.face_count), p.created_at)
+    Console().print(table)
+    pipe.close()
+
+
+@people_app.command("delete")
+def people_delete(
+    who: Annotated[str, typer.Argument(help="A person's id or name.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Forget a person: their faces and index entries are removed."""
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    try:
+        person = pipe.gallery.get_person(int(who)) if who.isdigit() else pipe.gallery.find_person(who)
+        if person is None:
+            console.print(f"[red]error:[/red] nobody named {who!r}")
+            raise typer.Exit(1)
+        pipe.gallery.delete_person(person.id)
+        console.print(f"deleted {person.name} (id {person.id}, {person.face_count} faces)")
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+    finally:
+        pipe.close()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

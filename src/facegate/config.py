@@ -1,0 +1,85 @@
+"""Settings from flags, environment (``FACEGATE_*``) and a TOML file, in that order of precedence.
+
+This is the only module that reads the environment; everything else receives a ``Settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+TTAMode = Literal["none", "concat", "sum"]
+DetectorName = Literal["short", "full"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "facegate"
+
+
+class Settings(BaseSettings):
+    """Every tunable of FaceGate. Defaults are the measured ones (see README, "Accuracy")."""
+
+    model_config = SettingsConfigDict(env_prefix="FACEGATE_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the gallery lives.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    detector: DetectorName = Field("short", description="BlazeFace short-range (faces within ~2 m) or full-range.")
+    det_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Minimum BlazeFace confidence.")
+    max_detect_side: int = Field(1920, ge=128, description="Images are downscaled to this long side for detection.")
+
+    model: str = Field("sface", description="Embedding model name.")
+    tta: TTAMode = Field("sum", description="Flip test-time augmentation: none, concat or sum.")
+    threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="Cosine similarity threshold; None uses the model's calibrated default."
+    )
+    top_k: int = Field(5, ge=1, le=100)
+
+    exact_search_max: int = Field(20_000, ge=0, description="Galleries up to this many faces use exact search.")
+    hnsw_m: int = Field(16, ge=4, le=128)
+    hnsw_ef_construction: int = Field(200, ge=16)
+    hnsw_ef: int = Field(64, ge=8)
+
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Requests above this are refused unread.")
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    min_image_side: int = Field(24, ge=1)
+    max_name_length: int = Field(128, ge=1, le=1024)
+    inference_threads: int = Field(2, ge=1, le=64)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, v: Path) -> Path:
+        return Path(v).expanduser()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build settings: ``overrides`` (CLI flags; None means not given) > env > TOML file > defaults.
+
+    The TOML file is ``config_file``, else ``$FACEGATE_CONFIG``, else none.
+    """
+    path = config_file or os.environ.get("FACEGATE_CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return _FileSettings(**given)

@@ -1,0 +1,54 @@
+"""Domain errors raised by the core. The API maps each to one HTTP status in ``facegate.api.errors``."""
+
+from __future__ import annotations
+
+
+class FaceGateError(Exception):
+    """Base class: ``code`` is a stable machine-readable string, the message is for people."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidImageError(FaceGateError):
+    """Bytes that are not a decodable image, bad base64, or an image of unusable size."""
+
+    code = "invalid_image"
+
+
+class ImageTooLargeError(FaceGateError):
+    code = "image_too_large"
+
+
+class NoFaceError(FaceGateError):
+    code = "no_face"
+
+
+class InvalidNameError(FaceGateError):
+    code = "invalid_name"
+
+
+class PersonExistsError(FaceGateError):
+    code = "person_exists"
+
+
+class PersonNotFoundError(FaceGateError):
+    code = "person_not_found"
+
+
+class FaceNotFoundError(FaceGateError):
+    code = "face_not_found"
+
+
+class ModelMismatchError(FaceGateError):
+    """The gallery holds vectors from another embedding model: never mix embedding spaces."""
+
+    code = "model_mismatch"
+
+
+class ModelUnavailableError(FaceGateError):
+    code = "model_unavailable"

@@ -1,0 +1,443 @@
+"""The gallery of enrolled people: SQLite is the truth, the hnswlib index is derived from it.
+
+- Every write is one SQLite transaction (WAL), so a crash leaves either all of an enrolment or none.
+- The HNSW index file carries the generation of the database it was built from; on open, a
+  missing, stale (generation or count differs) or unreadable index is rebuilt from SQLite.
+- Every vector carries the id of the model that made it; a gallery refuses vectors of another.
+- Writes made by another process on the same data directory (e.g. ``facegate enroll`` while the
+  server runs) are noticed through SQLite's ``data_version`` before the next search.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from .rank import Neighbour
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_NAME = "gallery.sqlite3"
+INDEX_NAME = "faces.hnsw"
+INDEX_META = "faces.hnsw.json"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS people (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS faces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    embedding BLOB NOT NULL,
+    crop BLOB,
+    source TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
+"""
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    id: int
+    source: str | None
+    created_at: str
+    has_crop: bool
+
+
+@dataclass(frozen=True)
+class Person:
+    id: int
+    name: str
+    created_at: str
+    faces: tuple[FaceRecord, ...] = ()
+
+    @property
+    def face_count(self) -> int:
+        return len(self.faces)
+
+
+@dataclass(frozen=True)
+class NewFace:
+    """A face ready to store: its unit vector, and optionally its aligned crop (JPEG) and a label."""
+
+    embedding: np.ndarray
+    crop_jpeg: bytes | None = None
+    source: str | None = None
+
+
+def clean_name(name: str, max_length: int = 128) -> str:
+    """Normalise a person's name (NFC, trimmed) and refuse empty, overlong or control-character names."""
+    if not isinstance(name, str):
+        raise InvalidNameError("name must be a string", field="user_name")
+    n = unicodedata.normalize("NFC", name).strip()
+    if not n:
+        raise InvalidNameError("name must not be empty", field="user_name")
+    if len(n) > max_length:
+        raise InvalidNameError(f"name is {len(n)} characters; the limit is {max_length}", field="user_name")
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in n):
+        raise InvalidNameError("name must not contain control characters", field="user_name")
+    return n
+
+
+def _digest(path: Path) -> str:
+    """Content hash of the index file, so a torn or tampered file is rebuilt rather than trusted."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Gallery:
+    """People and their face vectors in ``data_dir``; nearest-neighbour search over all faces."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        model_id: str,
+        dim: int,
+        *,
+        exact_search_max: int = 20_000,
+        hnsw_m: int = 16,
+        hnsw_ef_construction: int = 200,
+        hnsw_ef: int = 64,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.model_id = model_id
+        self.dim = int(dim)
+        self.exact_search_max = exact_search_max
+        self.hnsw_m = hnsw_m
+        self.hnsw_ef_construction = hnsw_ef_construction
+        self.hnsw_ef = hnsw_ef
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._tx() as cur:
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    cur.execute(stmt)
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            self._check_model(cur)
+        self.index_rebuilt = False
+        self._load()
+
+    # ------------------------------------------------------------------ transactions
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Cursor]:
+        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so writers never deadlock."""
+        with self._lock:
+            cur = self._db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                yield cur
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            else:
+                cur.execute("COMMIT")
+
+    def _bump(self, cur: sqlite3.Cursor) -> int:
+        cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return int(cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    def _check_model(self, cur: sqlite3.Cursor) -> None:
+        row = cur.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+        others = cur.execute(
+            "SELECT model_id, COUNT(*) FROM faces WHERE model_id != ? GROUP BY model_id", (self.model_id,)
+        ).fetchall()
+        if others:
+            found = ", ".join(f"{m} ({n} faces)" for m, n in others)
+            raise ModelMismatchError(
+                f"this gallery holds embeddings made by {found}, but the active model is {self.model_id}; "
+                "serve with the gallery's model, or re-embed / start a new data directory"
+            )
+        if row is None or row[0] != self.model_id:
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
+            cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
+
+    def _generation(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+
+    # ------------------------------------------------------------------ in-memory state
+    def _load(self) -> None:
+        """(Re)load vectors from SQLite and the HNSW index from disk, rebuilding it if it does not match."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id"
+            ).fetchall()
+            self._names = dict(self._db.execute("SELECT id, name FROM people").fetchall())
+            self._face_ids = np.array([r[0] for r in rows], dtype=np.int64)
+            self._face_person = np.array([r[1] for r in rows], dtype=np.int64)
+            self._person_of = dict(zip(self._face_ids.tolist(), self._face_person.tolist()))
+            self._vectors = (
+                np.vstack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
+                if rows
+                else np.zeros((0, self.dim), np.float32)
+            )
+            if self._vectors.shape[1] != self.dim:
+                raise ModelMismatchError(f"stored vectors have {self._vectors.shape[1]} dimensions, model has {self.dim}")
+            self._generation_loaded = self._generation()
+            self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._index = self._open_index()
+
+    def _open_index(self):
+        import hnswlib
+
+        path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
+        n = len(self._face_ids)
+        try:
+            meta = json.loads(meta_path.read_text())
+            if (
+                meta.get("generation") == self._generation_loaded
+                and meta.get("model_id") == self.model_id
+                and meta.get("count") == n
+                and meta.get("dim") == self.dim
+                and meta.get("digest") == _digest(path)
+            ):
+                index = hnswlib.Index(space="ip", dim=self.dim)
+                index.load_index(str(path), max_elements=max(n, 16))
+                index.set_ef(self.hnsw_ef)
+                return index
+            log.warning(
+                "HNSW index is stale or damaged (index generation %s, database %s); rebuilding",
+                meta.get("generation"),
+                self._generation_loaded,
+            )
+        except FileNotFoundError:
+            log.info("no HNSW index yet; building it from the database")
+        except Exception as exc:  # corrupt file, truncated JSON, wrong format: derived data, so rebuild
+            log.warning("HNSW index unreadable (%s); rebuilding", exc)
+        self.index_rebuilt = True
+        index = hnswlib.Index(space="ip", dim=self.dim)
+        index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
+        index.set_ef(self.hnsw_ef)
+        if n:
+            index.add_items(self._vectors, self._face_ids, num_threads=1)
+        self._save_index(index)
+        return index
+
+    def _save_index(self, index=None) -> None:
+        """Atomic save: write beside, then rename; the JSON stamp is written last."""
+        index = index if index is not None else self._index
+        path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
+        tmp = path.with_suffix(".tmp")
+        index.save_index(str(tmp))
+        os.replace(tmp, path)
+        stamp = {
+            "generation": self._generation_loaded,
+            "model_id": self.model_id,
+            "count": len(self._face_ids),
+            "dim": self.dim,
+            "digest": _digest(path),
+        }
+        tmpm = meta_path.with_suffix(".tmp")
+        tmpm.write_text(json.dumps(stamp))
+        os.replace(tmpm, meta_path)
+
+    def _sync(self) -> None:
+        """Reload if another process committed since we last looked (cheap: one PRAGMA)."""
+        dv = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if dv != self._data_version:
+            if self._generation() != self._generation_loaded:
+                log.info("gallery changed on disk by another process; reloading")
+                self._load()
+            else:
+                self._data_version = dv
+
+    def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
+        self._names[person_id] = name
+        self._face_ids = np.concatenate([self._face_ids, np.asarray(face_ids, np.int64)])
+        self._face_person = np.concatenate([self._face_person, np.full(len(face_ids), person_id, np.int64)])
+        self._person_of.update((int(f), person_id) for f in face_ids)
+        self._vectors = np.vstack([self._vectors, vectors]) if len(self._vectors) else vectors.copy()
+        cap = self._index.get_max_elements()
+        need = self._index.get_current_count() + len(face_ids)
+        if need > cap:
+            self._index.resize_index(max(need, 2 * cap))
+        self._index.add_items(vectors, np.asarray(face_ids, np.int64), num_threads=1)
+        self._after_write(generation)
+
+    def _apply_delete(self, person_id: int, generation: int) -> None:
+        mask = self._face_person == person_id
+        for fid in self._face_ids[mask].tolist():
+            self._index.mark_deleted(int(fid))
+            self._person_of.pop(int(fid), None)
+        self._face_ids, self._face_person, self._vectors = (
+            self._face_ids[~mask],
+            self._face_person[~mask],
+            self._vectors[~mask],
+        )
+        self._names.pop(person_id, None)
+        self._after_write(generation)
+
+    def _after_write(self, generation: int) -> None:
+        self._generation_loaded = generation
+        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        self._save_index()
+
+    # ------------------------------------------------------------------ writes
+    def _check_vectors(self, faces: Sequence[NewFace]) -> np.ndarray:
+        if not faces:
+            raise ValueError("at least one face is needed")
+        vecs = np.vstack([np.asarray(f.embedding, dtype=np.float32).reshape(1, -1) for f in faces])
+        if vecs.shape[1] != self.dim:
+            raise ModelMismatchError(f"embedding has {vecs.shape[1]} dimensions; this gallery's model {self.model_id} has {self.dim}")
+        if not np.all(np.isfinite(vecs)):
+            raise ValueError("embedding contains non-finite values")
+        return vecs
+
+    def _insert_faces(self, cur: sqlite3.Cursor, person_id: int, faces: Sequence[NewFace], vecs: np.ndarray, model_id: str) -> list[int]:
+        if model_id != self.model_id:
+            raise ModelMismatchError(f"embeddings made by {model_id} cannot join a gallery of {self.model_id}")
+        ids = []
+        now = _now()
+        for f, v in zip(faces, vecs):
+            cur.execute(
+                "INSERT INTO faces (person_id, model_id, embedding, crop, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (person_id, model_id, v.tobytes(), f.crop_jpeg, f.source, now),
+            )
+            ids.append(int(cur.lastrowid))
+        return ids
+
+    def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
+        """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
+        name = clean_name(name, max_name_length)
+        vecs = self._check_vectors(faces)
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
+                if row is not None:
+                    raise PersonExistsError(
+                        f"{name!r} is already enrolled (id {row[0]}); add faces with POST /v1/people/{row[0]}/faces",
+                        field="user_name",
+                    )
+                cur.execute("INSERT INTO people (name, created_at) VALUES (?, ?)", (name, _now()))
+                pid = int(cur.lastrowid)
+                fids = self._insert_faces(cur, pid, faces, vecs, model_id)
+                gen = self._bump(cur)
+            self._apply_add(fids, pid, name, vecs, gen)
+            return self.get_person(pid)
+
+    def add_faces(self, person_id: int, faces: Sequence[NewFace], model_id: str) -> Person:
+        vecs = self._check_vectors(faces)
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                row = cur.execute("SELECT name FROM people WHERE id = ?", (person_id,)).fetchone()
+                if row is None:
+                    raise PersonNotFoundError(f"no person with id {person_id}")
+                fids = self._insert_faces(cur, person_id, faces, vecs, model_id)
+                gen = self._bump(cur)
+            self._apply_add(fids, person_id, row[0], vecs, gen)
+            return self.get_person(person_id)
+
+    def delete_person(self, person_id: int) -> Person:
+        """Forget a person: their row, every face vector and crop, and their index entries."""
+        with self._lock:
+            self._sync()
+            person = self.get_person(person_id)
+            with self._tx() as cur:
+                cur.execute("DELETE FROM faces WHERE person_id = ?", (person_id,))
+                cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
+                gen = self._bump(cur)
+            self._apply_delete(person_id, gen)
+            return person
+
+    # ------------------------------------------------------------------ reads
+    def get_person(self, person_id: int) -> Person:
+        with self._lock:
+            row = self._db.execute("SELECT id, name, created_at FROM people WHERE id = ?", (person_id,)).fetchone()
+            if row is None:
+                raise PersonNotFoundError(f"no person with id {person_id}")
+            faces = self._db.execute(
+                "SELECT id, source, created_at, crop IS NOT NULL FROM faces WHERE person_id = ? ORDER BY id", (person_id,)
+            ).fetchall()
+        return Person(row[0], row[1], row[2], tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces))
+
+    def find_person(self, name: str) -> Person | None:
+        with self._lock:
+            row = self._db.execute("SELECT id FROM people WHERE name = ?", (clean_name(name, 10_000),)).fetchone()
+        return self.get_person(row[0]) if row else None
+
+    def list_people(self) -> list[Person]:
+        with self._lock:
+            people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
+            counts = dict(self._db.execute("SELECT person_id, COUNT(*) FROM faces GROUP BY person_id").fetchall())
+        return [Person(p[0], p[1], p[2], tuple(FaceRecord(0, None, "", False) for _ in range(counts.get(p[0], 0)))) for p in people]
+
+    def face_crop(self, face_id: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
+        return row[0] if row else None
+
+    @property
+    def face_count(self) -> int:
+        return len(self._face_ids)
+
+    @property
+    def person_count(self) -> int:
+        return len(self._names)
+
+    @property
+    def search_mode(self) -> str:
+        return "exact" if self.face_count <= self.exact_search_max else "hnsw"
+
+    def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
+        """The ``k`` faces most similar (cosine) to ``query``, nearest first."""
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise ModelMismatchError(f"query has {q.shape[0]} dimensions; this gallery's model {self.model_id} has {self.dim}")
+        with self._lock:
+            self._sync()
+            n = len(self._face_ids)
+            if n == 0:
+                return []
+            k = min(k, n)
+            use_exact = exact if exact is not None else n <= self.exact_search_max
+            if use_exact:
+                sims = self._vectors @ q
+                top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+                top = top[np.argsort(-sims[top], kind="stable")]
+                hits = [(int(self._face_ids[i]), float(sims[i]), int(self._face_person[i])) for i in top]
+            else:
+                self._index.set_ef(max(self.hnsw_ef, k))
+                labels, dists = self._index.knn_query(q[None], k=k)
+                hits = [(int(f), 1.0 - float(d), self._person_of[int(f)]) for f, d in zip(labels[0], dists[0])]
+            return [Neighbour(fid, pid, self._names[pid], sim) for fid, sim, pid in hits]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._save_index()
+            finally:
+                self._db.close()

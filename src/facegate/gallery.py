@@ -39,7 +39,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS people (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    name TEXT NOT NULL,
+    name_key TEXT NOT NULL UNIQUE,
     created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS faces (
@@ -107,6 +108,16 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def name_key(name: str) -> str:
+    """Uniqueness key of a name: case-insensitive in every script (SQLite's NOCASE folds ASCII only)."""
+    return unicodedata.normalize("NFC", name.casefold())
+
+
+def _person_id_by_name(db: sqlite3.Connection | sqlite3.Cursor, name: str) -> int | None:
+    row = db.execute("SELECT id FROM people WHERE name_key = ?", (name_key(name),)).fetchone()
+    return int(row[0]) if row else None
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -140,15 +151,19 @@ class Gallery:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        with self._tx() as cur:
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    cur.execute(stmt)
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-            self._check_model(cur)
-        self.index_rebuilt = False
-        self._load()
+        try:
+            with self._tx() as cur:
+                for stmt in _SCHEMA.strip().split(";"):
+                    if stmt.strip():
+                        cur.execute(stmt)
+                cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+                self._check_model(cur)
+            self.index_rebuilt = False
+            self._load()
+        except BaseException:
+            self._db.close()
+            raise
 
     # ------------------------------------------------------------------ transactions
     @contextmanager
@@ -273,7 +288,17 @@ class Gallery:
             else:
                 self._data_version = dv
 
+    def _caught_up(self, generation: int) -> bool:
+        """After our commit: if another process committed between our sync and our write, reload instead of patching."""
+        if generation == self._generation_loaded + 1:
+            return False
+        log.info("gallery changed on disk by another process during a write; reloading")
+        self._load()
+        return True
+
     def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
+        if self._caught_up(generation):
+            return
         self._names[person_id] = name
         self._face_ids = np.concatenate([self._face_ids, np.asarray(face_ids, np.int64)])
         self._face_person = np.concatenate([self._face_person, np.full(len(face_ids), person_id, np.int64)])
@@ -287,6 +312,8 @@ class Gallery:
         self._after_write(generation)
 
     def _apply_delete(self, person_id: int, generation: int) -> None:
+        if self._caught_up(generation):
+            return
         mask = self._face_person == person_id
         for fid in self._face_ids[mask].tolist():
             self._index.mark_deleted(int(fid))
@@ -335,13 +362,13 @@ class Gallery:
         with self._lock:
             self._sync()
             with self._tx() as cur:
-                row = cur.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()
-                if row is not None:
+                existing = _person_id_by_name(cur, name)
+                if existing is not None:
                     raise PersonExistsError(
-                        f"{name!r} is already enrolled (id {row[0]}); add faces with POST /v1/people/{row[0]}/faces",
+                        f"{name!r} is already enrolled (id {existing}); add faces with POST /v1/people/{existing}/faces",
                         field="user_name",
                     )
-                cur.execute("INSERT INTO people (name, created_at) VALUES (?, ?)", (name, _now()))
+                cur.execute("INSERT INTO people (name, name_key, created_at) VALUES (?, ?, ?)", (name, name_key(name), _now()))
                 pid = int(cur.lastrowid)
                 fids = self._insert_faces(cur, pid, faces, vecs, model_id)
                 gen = self._bump(cur)
@@ -386,8 +413,8 @@ class Gallery:
 
     def find_person(self, name: str) -> Person | None:
         with self._lock:
-            row = self._db.execute("SELECT id FROM people WHERE name = ?", (clean_name(name, 10_000),)).fetchone()
-        return self.get_person(row[0]) if row else None
+            pid = _person_id_by_name(self._db, clean_name(name, 10_000))
+        return self.get_person(pid) if pid is not None else None
 
     def list_people(self) -> list[Person]:
         with self._lock:
@@ -438,6 +465,7 @@ class Gallery:
     def close(self) -> None:
         with self._lock:
             try:
+                self._sync()  # never stamp a stale index as current
                 self._save_index()
             finally:
                 self._db.close()

@@ -73,7 +73,10 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, field: str
             arr = np.asarray(img, dtype=np.uint8)
     except (ImageTooLargeError, InvalidImageError):
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # PIL's own bomb guard fires in Image.open, from the header, before our pixel check above.
+        raise ImageTooLargeError(f"{field}: too many pixels ({exc})", field=field) from None
+    except UnidentifiedImageError as exc:
         raise InvalidImageError(f"{field}: not a decodable image ({type(exc).__name__})", field=field) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidImageError(f"{field}: corrupt or truncated image ({exc})", field=field) from None

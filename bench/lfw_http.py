@@ -1,0 +1,174 @@
+"""Identification figures through the real HTTP API, as the reference clients would get them.
+
+Starts ``facegate serve`` on loopback with a fresh data directory (or uses --url), enrols the
+first ``--enroll`` photos of a random half of the people (POST /v1/people), keeps the other half
+as strangers, then sends every remaining photo as the reference Android client does: BlazeFace
+on the client, the face box cropped, POST /predict with the crop and its two eye points.
+
+Prints: share of enrolled probes answered with the right name, share given a wrong name, share of
+strangers wrongly accepted, photos where the client found no face, and latency; --json writes them.
+
+    python bench/lfw_http.py [DIR] [--enroll 2] [--strangers 0.5] [--seed 0] [--margin 0.25] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from facegate.client import b64_jpeg, crop_face, predict_payload
+from facegate.detect import BlazeFaceDetector, pick_main_face
+from facegate.imageio import read_image_file
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facegate.cli", "serve", "--port", str(port), "--data", data_dir, "--log-level", "warning", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start in 120 s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/faces/lfw-dev"))
+    ap.add_argument("--enroll", type=int, default=2)
+    ap.add_argument("--strangers", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--url", help="use a running server instead of starting one (its gallery must be empty)")
+    ap.add_argument("--margin", type=float, default=0.0, help="client crop margin, share of the box")
+    ap.add_argument("--enroll-crops", action="store_true", help="enrol with client-side crops (as the reference app's register screen) instead of whole photos")
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--serve-args", default="", help='extra `facegate serve` flags, e.g. "--threshold 0.45"')
+    args = ap.parse_args()
+
+    root = Path(args.folder)
+    people = sorted(d for d in root.iterdir() if d.is_dir())
+    rng = np.random.default_rng(args.seed)
+    order = rng.permutation(len(people))
+    n_strangers = int(round(len(people) * args.strangers))
+    strangers = {people[i].name for i in order[:n_strangers]}
+
+    proc = None
+    tmp = tempfile.TemporaryDirectory()
+    url = args.url
+    if url is None:
+        proc, url = start_server(tmp.name, shlex.split(args.serve_args))
+    client = httpx.Client(base_url=url, timeout=60)
+    detector = BlazeFaceDetector("short", 0.5)
+    try:
+        health = client.get("/healthz").json()
+        enrolled: dict[str, int] = {}
+        probes: list[tuple[str, Path]] = []
+        t0 = time.perf_counter()
+        for d in people:
+            photos = sorted(d.iterdir())
+            if d.name in strangers:
+                probes += [(d.name, p) for p in photos]
+                continue
+            if args.enroll_crops:
+                images = []
+                for p in photos[: args.enroll]:
+                    img = read_image_file(str(p))
+                    face = pick_main_face(detector.detect(img), img.shape)
+                    if face is not None:
+                        images.append(b64_jpeg(crop_face(img, face, args.margin)[0]))
+            else:
+                images = [base64.b64encode(p.read_bytes()).decode() for p in photos[: args.enroll]]
+            body = {"name": d.name, "images": images}
+            r = client.post("/v1/people", json=body)
+            if r.status_code != 201:
+                print(f"enrol {d.name}: {r.status_code} {r.json().get('detail')}", file=sys.stderr)
+                continue
+            enrolled[d.name] = r.json()["id"]
+            probes += [(d.name, p) for p in photos[args.enroll :]]
+        enrol_s = time.perf_counter() - t0
+
+        correct = wrong = missed_known = accepted_strangers = n_known = n_strangers_probed = no_face = 0
+        latencies = []
+        for name, path in probes:
+            img = read_image_file(str(path))
+            face = pick_main_face(detector.detect(img), img.shape)
+            if face is None:
+                no_face += 1
+                continue
+            payload = predict_payload(img, face, file_name=path.name, margin=args.margin)
+            t = time.perf_counter()
+            r = client.post("/predict", json=payload)
+            latencies.append(time.perf_counter() - t)
+            if r.status_code != 200:
+                print(f"predict {path.name}: {r.status_code} {r.text[:200]}", file=sys.stderr)
+                continue
+            got = r.json()["user_name"]
+            if name in enrolled:
+                n_known += 1
+                correct += got == name
+                wrong += got not in (name, "unknown")
+                missed_known += got == "unknown"
+            else:
+                n_strangers_probed += 1
+                accepted_strangers += got != "unknown"
+        lat = np.array(latencies) * 1000
+        res = {
+            "server": {k: health[k] for k in ("model", "detector", "threshold", "tta")},
+            "people_enrolled": len(enrolled),
+            "people_strangers": len(strangers),
+            "enroll_images_per_person": args.enroll,
+            "known_probes": n_known,
+            "stranger_probes": n_strangers_probed,
+            "correct_rate": correct / max(1, n_known),
+            "wrong_name_rate": wrong / max(1, n_known),
+            "unknown_rate_for_enrolled": missed_known / max(1, n_known),
+            "stranger_accept_rate": accepted_strangers / max(1, n_strangers_probed),
+            "client_no_face": no_face,
+            "predict_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
+            "predict_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
+            "enroll_seconds": enrol_s,
+            "seed": args.seed,
+            "client_crop_margin": args.margin,
+            "enrolled_from": "client crops" if args.enroll_crops else "whole photos",
+        }
+        print(json.dumps(res, indent=2))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(res, indent=2))
+    finally:
+        client.close()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -516,7 +516,7 @@ def test_write_committed_by_another_process_during_our_write(data_dir):
     t = threading.Thread(target=enrol)
     t.start()
     time.sleep(0.5)  # ... while our add_person has synced and waits for the lock
-    other.execute("INSERT INTO people (name, created_at) VALUES ('Bob', 'now')")
+    other.execute("INSERT INTO people (name, name_key, created_at) VALUES ('Bob', 'bob', 'now')")
     bob = other.execute("SELECT last_insert_rowid()").fetchone()[0]
     other.execute(
         "INSERT INTO faces (person_id, model_id, embedding, created_at) VALUES (?, ?, ?, 'now')",

@@ -67,3 +67,147 @@ def other_face(detector) -> np.ndarray:
 
 
 # ============================ end of core-module fixtures ============================
+
+
+# =====================================================================================
+# Server fixtures: a real `facegate serve` process on loopback, driven over HTTP.
+# Names: ServerProcess, server (module-scoped, own data dir), start_server (factory), b64,
+# astronaut_payloads, lfw_dir.
+# =====================================================================================
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+LFW = SHARED / "faces" / "lfw-dev"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`python -m facegate.cli serve` on a free loopback port, with its own data directory."""
+
+    def __init__(self, data_dir: Path, *args: str, env: dict | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.args = args
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")} | (env or {})
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, timeout: float = 120.0) -> "ServerProcess":
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(self.data_dir.parent / f"server-{port}.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "facegate.cli", "serve", "--port", str(port), "--data", str(self.data_dir), *self.args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.read_log()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"server did not answer /healthz within {timeout} s: {self.read_log()[-3000:]}")
+
+    def read_log(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60, **kw)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory: ``start_server(data_dir=None, *flags)`` -> a running ServerProcess, stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def _start(data_dir: Path | None = None, *args: str, env: dict | None = None) -> ServerProcess:
+        d = Path(data_dir) if data_dir else tmp_path / f"data{len(started)}"
+        s = ServerProcess(d, *args, env=env).start()
+        started.append(s)
+        return s
+
+    yield _start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server per test module, on its own fresh data directory."""
+    s = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
+    yield s
+    s.stop()
+
+
+def b64(image: np.ndarray, fmt: str = "JPEG") -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def astronaut_face(astronaut, detector):
+    return detector.detect(np.ascontiguousarray(astronaut))[0]
+
+
+@pytest.fixture(scope="session")
+def astronaut_payloads(astronaut, astronaut_face):
+    """What the reference client sends for the astronaut: a register body and a predict body (tight crop + eyes)."""
+    from facegate.client import crop_face, predict_payload
+
+    img = np.ascontiguousarray(astronaut)
+    crops = [crop_face(img, astronaut_face, m)[0] for m in (0.25, 0.4, 0.1)]
+    register = {"user_name": "Eileen Collins", "first_img": b64(crops[0]), "sec_img": b64(crops[1]), "third_img": b64(crops[2])}
+    predict = predict_payload(img, astronaut_face, file_name="frame-001.jpg", margin=0.0)
+    return register, predict
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    if not LFW.is_dir():
+        pytest.skip(f"shared LFW photos not found at {LFW} (../shared/faces/lfw-dev beside the repository)")
+    return LFW
+
+
+# ============================== end of server fixtures ===============================

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from typing import Annotated
 
-Number = StrictFloat | StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+#: A pixel coordinate: a JSON number (finite).
+Number = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -30,7 +31,7 @@ def _settings(config: Path | None, **overrides) -> Settings:
     try:
         return load_settings(config, **overrides)
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -40,7 +41,7 @@ def _pipeline(settings: Settings):
     try:
         return Pipeline.from_settings(settings)
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
 
 
@@ -66,8 +67,12 @@ def serve(
 
     s = _settings(config, host=host, port=port, data_dir=data, detector=detector, tta=tta, threshold=threshold)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {s.data_dir}, docs: /docs)")
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
+    pipe = _pipeline(s)  # load models and open the gallery first: a refusal is a message, not a traceback
+    console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {escape(str(s.data_dir))}, docs: /docs)")
+    try:
+        uvicorn.run(create_app(s, pipe), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
+    finally:
+        pipe.close()
 
 
 @app.command()
@@ -80,7 +85,7 @@ def enroll(
 ) -> None:
     """Enrol everyone in FOLDER. Photos without a usable face are reported and left out."""
     if not folder.is_dir():
-        console.print(f"[red]error:[/red] {folder} is not a folder")
+        console.print(f"[red]error:[/red] {escape(str(folder))} is not a folder")
         raise typer.Exit(2)
     if existing not in ("skip", "add"):
         console.print("[red]error:[/red] --existing must be skip or add")
@@ -95,7 +100,7 @@ def enroll(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         task = bar.add_task("enrolling", total=len(people))
         for d in people:
-            bar.update(task, description=f"enrolling {d.name[:24]:<24}")
+            bar.update(task, description=f"enrolling {escape(d.name[:24]):<24}")
             paths = _images_in(d)[: limit or None]
             images, labels = [], []
             for pth in paths:
@@ -124,7 +129,7 @@ def enroll(
             bar.advance(task)
     pipe.close()
     for p in problems:
-        console.print(f"[yellow]skipped[/yellow] {p}")
+        console.print(f"[yellow]skipped[/yellow] {escape(p)}")
     console.print(f"enrolled {enrolled} people, {skipped} already enrolled, {len(problems)} problems")
 
 
@@ -145,7 +150,7 @@ def identify(
         try:
             results = pipe.identify_all(read_image_file(str(path), pipe.limits))
         except (FaceGateError, OSError) as exc:
-            console.print(f"[red]{path}:[/red] {getattr(exc, 'message', exc)}")
+            console.print(f"[red]{escape(str(path))}:[/red] {escape(str(getattr(exc, 'message', exc)))}")
             status = 1
             continue
         rows = [
@@ -175,7 +180,7 @@ def people_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
     pipe = _pipeline(s)
     table = Table("id", "name", "faces", "enrolled")
     for p in pipe.gallery.list_people():
-        table.add_row(str(p.id), p.name, str(p.face_count), p.created_at)
+        table.add_row(str(p.id), escape(p.name), str(p.face_count), p.created_at)
     Console().print(table)
     pipe.close()
 
@@ -192,12 +197,12 @@ def people_delete(
     try:
         person = pipe.gallery.get_person(int(who)) if who.isdigit() else pipe.gallery.find_person(who)
         if person is None:
-            console.print(f"[red]error:[/red] nobody named {who!r}")
+            console.print(f"[red]error:[/red] nobody named {escape(repr(who))}")
             raise typer.Exit(1)
         pipe.gallery.delete_person(person.id)
-        console.print(f"deleted {person.name} (id {person.id}, {person.face_count} faces)")
+        console.print(f"deleted {escape(person.name)} (id {person.id}, {person.face_count} faces)")
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {exc.message}")
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
     finally:
         pipe.close()

@@ -355,6 +355,16 @@ class Gallery:
             ids.append(int(cur.lastrowid))
         return ids
 
+    def ensure_name_free(self, name: str) -> None:
+        """Raise ``PersonExistsError`` if ``name`` is taken (checked again inside the enrolment transaction)."""
+        with self._lock:
+            existing = _person_id_by_name(self._db, name)
+        if existing is not None:
+            raise PersonExistsError(
+                f"{name!r} is already enrolled (id {existing}); add faces with POST /v1/people/{existing}/faces",
+                field="user_name",
+            )
+
     def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
         name = clean_name(name, max_name_length)
@@ -362,12 +372,7 @@ class Gallery:
         with self._lock:
             self._sync()
             with self._tx() as cur:
-                existing = _person_id_by_name(cur, name)
-                if existing is not None:
-                    raise PersonExistsError(
-                        f"{name!r} is already enrolled (id {existing}); add faces with POST /v1/people/{existing}/faces",
-                        field="user_name",
-                    )
+                self.ensure_name_free(name)
                 cur.execute("INSERT INTO people (name, name_key, created_at) VALUES (?, ?, ?)", (name, name_key(name), _now()))
                 pid = int(cur.lastrowid)
                 fids = self._insert_faces(cur, pid, faces, vecs, model_id)
@@ -427,17 +432,24 @@ class Gallery:
             row = self._db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
         return row[0] if row else None
 
+    def stats(self) -> tuple[int, int, str]:
+        """(people, faces, search mode), current with writes made by other processes."""
+        with self._lock:
+            self._sync()
+            n = len(self._face_ids)
+            return len(self._names), n, "exact" if n <= self.exact_search_max else "hnsw"
+
     @property
     def face_count(self) -> int:
-        return len(self._face_ids)
+        return self.stats()[1]
 
     @property
     def person_count(self) -> int:
-        return len(self._names)
+        return self.stats()[0]
 
     @property
     def search_mode(self) -> str:
-        return "exact" if self.face_count <= self.exact_search_max else "hnsw"
+        return self.stats()[2]
 
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
         """The ``k`` faces most similar (cosine) to ``query``, nearest first."""

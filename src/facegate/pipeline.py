@@ -17,7 +17,7 @@ from .config import Settings
 from .detect import BlazeFaceDetector, Face, pick_main_face
 from .embed import Embedder, FlipTTA, load_embedder
 from .errors import NoFaceError
-from .gallery import Gallery, NewFace, Person
+from .gallery import Gallery, NewFace, Person, clean_name
 from .imageio import ImageLimits, encode_jpeg
 from .rank import Decision, rank
 
@@ -150,6 +150,8 @@ class Pipeline:
     def enroll(self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None) -> Person:
         """Enrol a new person from 1..N images, atomically: one unusable image and nothing is stored."""
         fields = list(fields or [f"images[{i}]" for i in range(len(images))])
+        name = clean_name(name, self.settings.max_name_length)  # cheap checks before any model runs
+        self.gallery.ensure_name_free(name)
         return self.gallery.add_person(name, self._new_faces(images, fields), self.embedder.model_id, self.settings.max_name_length)
 
     def add_faces(self, person_id: int, images: Sequence[np.ndarray], fields: Sequence[str] | None = None) -> Person:

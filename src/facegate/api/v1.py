@@ -13,9 +13,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..errors import FaceNotFoundError, InvalidImageError
+from ..errors import FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
 from ..gallery import Person
 from ..imageio import b64_to_bytes, decode_image
 from ..pipeline import Identification
@@ -65,7 +66,15 @@ async def _read(request: Request, model: type[BaseModel], file_fields: tuple[str
     """Parse either body kind into (text fields, [(field label, image bytes)])."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        form = await request.form(max_files=MAX_IMAGES + 2, max_fields=10)
+        try:
+            form = await request.form(max_files=MAX_IMAGES + 2, max_fields=10)
+        except StarletteHTTPException as exc:  # Starlette answers a malformed or oversized form with a bare 400
+            if exc.status_code != 400:
+                raise
+            if "images" in file_fields and "files" in str(exc.detail):
+                raise InvalidImageError(f"at most {MAX_IMAGES} images per request ({exc.detail})", field="images") from None
+            err = {"loc": ("body",), "msg": f"invalid multipart body: {exc.detail}", "type": "multipart_invalid"}
+            raise RequestValidationError([err]) from None
         images: list[tuple[str, bytes]] = []
         texts: dict[str, str] = {}
         for key, value in form.multi_items():
@@ -161,7 +170,11 @@ async def enroll(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> 
         decoded = [decode_image(b, pipeline.limits, field=label) for label, b in images]
         return pipeline.enroll(name, decoded, [label for label, _ in images])
 
-    return _person_out(await worker.run(work))
+    try:
+        return _person_out(await worker.run(work))
+    except (PersonExistsError, InvalidNameError) as exc:
+        exc.field = "name"  # the core names the reference API's field (user_name)
+        raise
 
 
 @router.get("/people", response_model=PeopleList)
@@ -230,7 +243,7 @@ async def verify(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> 
 
 @health_router.get("/healthz", response_model=Health)
 async def healthz(pipeline: PipelineDep) -> Health:
-    g = pipeline.gallery
+    people, faces, mode = pipeline.gallery.stats()
     return Health(
         version=__version__,
         model=pipeline.embedder.model_id,
@@ -238,5 +251,5 @@ async def healthz(pipeline: PipelineDep) -> Health:
         threshold=pipeline.threshold,
         tta=pipeline.settings.tta,
         top_k=pipeline.settings.top_k,
-        gallery=GalleryHealth(people=g.person_count, faces=g.face_count, search=g.search_mode),
+        gallery=GalleryHealth(people=people, faces=faces, search=mode),
     )

@@ -596,3 +596,24 @@ def test_many_writes_grow_the_index(data_dir):
     assert g.face_count == 41
     assert all(g.search(q, k=1)[0].person_id == p.id for q in v)
     g.close()
+
+
+@pytest.mark.parametrize("exact_max", [0, 10_000])
+def test_delete_leaves_no_trace_of_the_vectors_on_disk(data_dir, exact_max):
+    """Biometric data: after delete, the person's vector bytes are in no file of the data directory."""
+    rng = np.random.default_rng(99)
+    keep, gone = unit(rng, 3), unit(rng, 2)
+    g = open_gallery(data_dir, exact_search_max=exact_max)
+    g.add_person("Keeper", faces(keep), MODEL)
+    p = g.add_person("Leaver", faces(gone), MODEL)
+
+    def on_disk(vec: np.ndarray) -> bool:
+        needle = np.asarray(vec, np.float32).tobytes()
+        return any(needle in f.read_bytes() for f in data_dir.iterdir() if f.is_file())
+
+    assert on_disk(gone[0]) and on_disk(gone[1])
+    g.delete_person(p.id)
+    assert not on_disk(gone[0]) and not on_disk(gone[1])
+    assert on_disk(keep[0])
+    g.close()
+    assert not on_disk(gone[0]) and not on_disk(gone[1])

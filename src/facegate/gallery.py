@@ -151,6 +151,7 @@ class Gallery:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA secure_delete=ON")  # deleted biometric data is overwritten, not left in free pages
         try:
             with self._tx() as cur:
                 for stmt in _SCHEMA.strip().split(";"):
@@ -315,9 +316,14 @@ class Gallery:
         if self._caught_up(generation):
             return
         mask = self._face_person == person_id
-        for fid in self._face_ids[mask].tolist():
-            self._index.mark_deleted(int(fid))
-            self._person_of.pop(int(fid), None)
+        ids = self._face_ids[mask]
+        if len(ids):
+            # hnswlib keeps a deleted element's vector in the file: overwrite it with noise first.
+            noise = np.random.default_rng().standard_normal((len(ids), self.dim)).astype(np.float32)
+            self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
+            for fid in ids.tolist():
+                self._index.mark_deleted(int(fid))
+                self._person_of.pop(int(fid), None)
         self._face_ids, self._face_person, self._vectors = (
             self._face_ids[~mask],
             self._face_person[~mask],
@@ -402,6 +408,8 @@ class Gallery:
                 cur.execute("DELETE FROM faces WHERE person_id = ?", (person_id,))
                 cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
                 gen = self._bump(cur)
+            # Old page images of the deleted rows live on in the WAL until a checkpoint: flush and empty it.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._apply_delete(person_id, gen)
             return person
 

@@ -172,40 +172,56 @@ def identify(
     raise typer.Exit(status)
 
 
+def _gallery(settings: Settings):
+    """The gallery as it is on disk, opened without loading any model."""
+    from .gallery import Gallery
+
+    try:
+        return Gallery.open_existing(settings.data_dir)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+
+
 @people_app.command("list")
 def people_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
     """Everyone enrolled, with their face counts."""
-
     s = _settings(config, data_dir=data)
-    pipe = _pipeline(s)
+    gallery = _gallery(s)
     table = Table("id", "name", "faces", "enrolled")
-    for p in pipe.gallery.list_people():
+    for p in gallery.list_people() if gallery else []:
         table.add_row(str(p.id), escape(p.name), str(p.face_count), p.created_at)
     Console().print(table)
-    pipe.close()
+    if gallery:
+        gallery.close()
 
 
 @people_app.command("delete")
 def people_delete(
-    who: Annotated[str, typer.Argument(help="A person's id or name.")],
+    who: Annotated[str, typer.Argument(help="A person's name, or their id.")],
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Forget a person: their faces and index entries are removed."""
+    """Forget a person: their faces, crops and index entries are removed."""
     s = _settings(config, data_dir=data)
-    pipe = _pipeline(s)
+    gallery = _gallery(s)
+    if gallery is None:
+        console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}")
+        raise typer.Exit(1)
     try:
-        person = pipe.gallery.get_person(int(who)) if who.isdigit() else pipe.gallery.find_person(who)
+        person = gallery.find_person(who)
+        if person is None and who.isdigit():
+            person = gallery.get_person(int(who))
         if person is None:
             console.print(f"[red]error:[/red] nobody named {escape(repr(who))}")
             raise typer.Exit(1)
-        pipe.gallery.delete_person(person.id)
+        gallery.delete_person(person.id)
         console.print(f"deleted {escape(person.name)} (id {person.id}, {person.face_count} faces)")
     except FaceGateError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
     finally:
-        pipe.close()
+        gallery.close()
 
 
 def main() -> None:

@@ -166,6 +166,23 @@ class Gallery:
             self._db.close()
             raise
 
+    @classmethod
+    def open_existing(cls, data_dir: Path, **kwargs) -> Gallery | None:
+        """Open a gallery with the model id it was made with (no model needed), or None if there is none."""
+        db = Path(data_dir) / DB_NAME
+        if not db.is_file():
+            return None
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('model_id', 'dim')").fetchall())
+        except sqlite3.DatabaseError:
+            return None
+        finally:
+            con.close()
+        if "model_id" not in meta:
+            return None
+        return cls(data_dir, meta["model_id"], int(meta["dim"]), **kwargs)
+
     # ------------------------------------------------------------------ transactions
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:

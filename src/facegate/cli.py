@@ -19,6 +19,10 @@ from .errors import FaceGateError
 app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
 people_app = typer.Typer(help="List or delete enrolled people.", no_args_is_help=True)
 app.add_typer(people_app, name="people")
+models_app = typer.Typer(help="Import and list embedding models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+gallery_app = typer.Typer(help="Maintain the gallery.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
 console = Console(stderr=True)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -56,7 +60,8 @@ def serve(
     data: DataOpt = None,
     config: ConfigOpt = None,
     detector: Annotated[Optional[str], typer.Option(help="BlazeFace model: short or full.")] = None,
-    tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat or sum.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Embedding model: sface, or an imported one (see `facegate models list`).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
@@ -65,7 +70,7 @@ def serve(
 
     from .api import create_app
 
-    s = _settings(config, host=host, port=port, data_dir=data, detector=detector, tta=tta, threshold=threshold)
+    s = _settings(config, host=host, port=port, data_dir=data, detector=detector, model=model, tta=tta, threshold=threshold)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipe = _pipeline(s)  # load models and open the gallery first: a refusal is a message, not a traceback
     console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {escape(str(s.data_dir))}, docs: /docs)")
@@ -222,6 +227,84 @@ def people_delete(
         raise typer.Exit(1) from None
     finally:
         gallery.close()
+
+
+@models_app.command("import")
+def models_import(
+    checkpoint: Annotated[Path, typer.Argument(help="An official AdaFace checkpoint (.ckpt).")],
+    arch: Annotated[str, typer.Option(help="Backbone of the checkpoint: ir18, ir50 or ir101.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default adaface-ARCH).")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Convert an AdaFace checkpoint to ONNX in the data directory (needs `pip install .[import]`)."""
+    s = _settings(config, data_dir=data)
+    try:
+        from .model_import import import_checkpoint
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        console.print(f"[red]error:[/red] importing needs PyTorch: pip install 'facegate[import]' ({escape(str(exc))})")
+        raise typer.Exit(1) from None
+    if not checkpoint.is_file():
+        console.print(f"[red]error:[/red] {escape(str(checkpoint))} is not a file")
+        raise typer.Exit(2)
+    try:
+        card = import_checkpoint(checkpoint, arch, s.models_dir, name)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"imported {escape(card['name'])} ({card['arch']}, {card['embedding_size']}-d) into {escape(str(s.models_dir))}; "
+        f"ONNX vs PyTorch max abs difference {card['max_abs_diff']:.2e}"
+    )
+    console.print(f"serve it with: facegate serve --model {escape(card['name'])} --tta normsum")
+
+
+@models_app.command("list")
+def models_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Bundled and imported models."""
+    from .embed import BUNDLED, imported_models
+
+    s = _settings(config, data_dir=data)
+    table = Table("name", "kind", "details")
+    for n, spec in BUNDLED.items():
+        table.add_row(n, "bundled", f"{spec.package}: {spec.resource}")
+    for n, card in imported_models(s.models_dir).items():
+        table.add_row(escape(n), "imported", escape(f"{card.get('family', '?')} {card.get('arch', '?')}, from {card.get('source_file', '?')}"))
+    Console().print(table)
+
+
+@gallery_app.command("reembed")
+def gallery_reembed(
+    model: Annotated[str, typer.Option(help="The model to re-compute every face with.")],
+    tta: Annotated[Optional[str], typer.Option(help="Flip TTA for the new vectors: none, concat, sum or normsum.")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Re-compute every enrolled face with another model, from the stored crops, in one transaction."""
+    from .embed import FlipTTA, load_embedder
+    from .pipeline import reembed_gallery
+
+    s = _settings(config, data_dir=data, model=model, tta=tta)
+    gallery = _gallery(s)
+    if gallery is None:
+        console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}")
+        raise typer.Exit(1)
+    try:
+        embedder = FlipTTA(load_embedder(s.model, threads=s.inference_threads, models_dir=s.models_dir), s.tta)
+        if embedder.model_id == gallery.model_id:
+            console.print(f"the gallery is already made with {escape(embedder.model_id)}; nothing to do")
+            return
+        old, n = gallery.model_id, gallery.face_count
+        with Progress(TextColumn("re-embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("", total=n)
+            reembed_gallery(gallery, embedder, progress=lambda k: bar.advance(task, k))
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    finally:
+        gallery.close()
+    console.print(f"re-embedded {n} faces: {escape(old)} -> {escape(embedder.model_id)}")
+    console.print(f"serve with: facegate serve --model {escape(s.model)} --tta {s.tta}")
 
 
 def main() -> None:

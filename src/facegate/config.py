@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-TTAMode = Literal["none", "concat", "sum"]
+TTAMode = Literal["none", "concat", "sum", "normsum"]
 DetectorName = Literal["short", "full"]
 
 
@@ -34,8 +34,15 @@ class Settings(BaseSettings):
     det_threshold: float = Field(0.5, gt=0.0, lt=1.0, description="Minimum BlazeFace confidence.")
     max_detect_side: int = Field(1920, ge=128, description="Images are downscaled to this long side for detection.")
 
-    model: str = Field("sface", description="Embedding model name.")
-    tta: TTAMode = Field("sum", description="Flip test-time augmentation: none, concat or sum.")
+    model: str = Field(
+        "sface", description="Embedding model: a bundled one (sface) or one imported into <data_dir>/models."
+    )
+    tta: TTAMode = Field(
+        "sum", description="Flip test-time augmentation: none, concat, sum, or normsum (AdaFace's norm-weighted sum)."
+    )
+    keep_crops: bool = Field(
+        True, description="Store each enrolled face's aligned 112x112 crop (JPEG), needed to re-embed with a new model."
+    )
     threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="Cosine similarity threshold; None uses the model's calibrated default."
     )
@@ -51,6 +58,10 @@ class Settings(BaseSettings):
     min_image_side: int = Field(24, ge=1)
     max_name_length: int = Field(128, ge=1, le=1024)
     inference_threads: int = Field(2, ge=1, le=64)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
     @field_validator("data_dir")
     @classmethod

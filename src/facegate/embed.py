@@ -7,6 +7,8 @@ the space they live in (``model_id``): vectors of different ids must never be co
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,6 +87,7 @@ class OnnxEmbedder:
         mean: float = 0.0,
         std: float = 1.0,
         threads: int = 2,
+        family: str = "",
     ) -> None:
         import onnxruntime as ort
 
@@ -94,6 +97,7 @@ class OnnxEmbedder:
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
         self.name = name
         self.version = version
         self.input_size = input_size
@@ -102,6 +106,7 @@ class OnnxEmbedder:
         self.mean = mean
         self.std = std
         self.dim = int(self._session.get_outputs()[0].shape[-1])
+        self.family = family
         self.sha256 = hashlib.sha256(model_bytes).hexdigest()[:12]
 
     @property
@@ -118,11 +123,18 @@ class OnnxEmbedder:
         return np.ascontiguousarray(x)
 
     def raw(self, aligned: np.ndarray) -> np.ndarray:
-        """Unnormalised network output (its norm is a quality signal for some networks)."""
+        """Unnormalised features. Their norm is a face-quality signal for AdaFace (low for poor faces)."""
         x = self.preprocess(aligned)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return self._session.run(None, {self._input: x})[0]
+        out = dict(zip(self._outputs, self._session.run(None, {self._input: x})))
+        if "embedding" in out and "norm" in out:  # AdaFace exports: unit vector and its norm
+            return (out["embedding"] * out["norm"]).astype(np.float32)
+        return out[self._outputs[0]]
+
+    def embed_with_norm(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        r = self.raw(aligned)
+        return l2_normalize(r), np.linalg.norm(r, axis=1).astype(np.float32)
 
     def embed(self, aligned: np.ndarray) -> np.ndarray:
         return l2_normalize(self.raw(aligned))
@@ -131,13 +143,17 @@ class OnnxEmbedder:
 class FlipTTA:
     """Embeds each face and its mirror image in one batch and combines the two.
 
-    ``sum``: normalise(e + e_flip), same dimension; ``concat``: [e, e_flip] / sqrt(2), twice the
-    dimension (cosine of two concatenations = mean of the two cosines); ``none``: e alone.
+    ``sum``: normalise(e + e_flip) of the unit vectors; ``normsum``: normalise(f + f_flip) of the
+    raw features, i.e. weighted by their norms (AdaFace's own fusion); ``concat``: [e, e_flip] /
+    sqrt(2), twice the dimension (cosine of two concatenations = mean of the two cosines, as in the
+    reference design); ``none``: e alone.
     """
 
-    def __init__(self, base: Embedder, mode: str = "sum") -> None:
-        if mode not in ("none", "concat", "sum"):
-            raise ValueError(f"tta must be none, concat or sum, not {mode!r}")
+    MODES = ("none", "concat", "sum", "normsum")
+
+    def __init__(self, base: OnnxEmbedder, mode: str = "sum") -> None:
+        if mode not in self.MODES:
+            raise ValueError(f"tta must be one of {', '.join(self.MODES)}, not {mode!r}")
         self.base = base
         self.mode = mode
         self.name = base.name
@@ -150,15 +166,28 @@ class FlipTTA:
     def model_id(self) -> str:
         return f"{self.base.model_id}/tta-{self.mode}"
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray:
+    def embed_with_norm(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors, and the feature norm of each (unflipped) face: a quality signal."""
         a = _check_batch(aligned, self.input_size)
-        if self.mode == "none" or len(a) == 0:
-            return self.base.embed(a) if len(a) else np.zeros((0, self.dim), np.float32)
-        both = self.base.embed(np.concatenate([a, a[:, :, ::-1]]))
-        e, f = both[: len(a)], both[len(a) :]
+        if len(a) == 0:
+            return np.zeros((0, self.dim), np.float32), np.zeros((0,), np.float32)
+        if self.mode == "none":
+            r = self.base.raw(a)
+        else:
+            both = self.base.raw(np.concatenate([a, a[:, :, ::-1]]))
+            r, rf = both[: len(a)], both[len(a) :]
+        norms = np.linalg.norm(r, axis=1).astype(np.float32)
+        if self.mode == "none":
+            return l2_normalize(r), norms
+        if self.mode == "normsum":
+            return l2_normalize(r + rf), norms
+        e, f = l2_normalize(r), l2_normalize(rf)
         if self.mode == "sum":
-            return l2_normalize(e + f)
-        return l2_normalize(np.concatenate([e, f], axis=1))
+            return l2_normalize(e + f), norms
+        return l2_normalize(np.concatenate([e, f], axis=1)), norms
+
+    def embed(self, aligned: np.ndarray) -> np.ndarray:
+        return self.embed_with_norm(aligned)[0]
 
 
 @dataclass(frozen=True)
@@ -199,18 +228,64 @@ def model_path(spec: ModelSpec) -> Path:
     return p
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2) -> OnnxEmbedder:
-    """Load a bundled embedding model by name (no network access, ever)."""
+#: Threshold for imported AdaFace models until calibrated on your own photos (see README, "AdaFace").
+ADAFACE_DEFAULT_THRESHOLD = 0.35
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def imported_models(models_dir: Path | None) -> dict[str, dict]:
+    """Cards of the models imported into ``models_dir`` (``NAME.json`` beside ``NAME.onnx``)."""
+    out: dict[str, dict] = {}
+    if models_dir is None or not Path(models_dir).is_dir():
+        return out
+    for card_path in sorted(Path(models_dir).glob("*.json")):
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(card, dict) and (card_path.with_suffix(".onnx")).is_file():
+            out[card_path.stem] = card
+    return out
+
+
+def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None) -> OnnxEmbedder:
+    """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
     spec = BUNDLED.get(name)
-    if spec is None:
-        raise ModelUnavailableError(f"unknown model {name!r}; available: {', '.join(sorted(BUNDLED))}")
+    if spec is not None:
+        return OnnxEmbedder(
+            batchable_onnx(model_path(spec)),
+            name=spec.name,
+            version=spec.version,
+            default_threshold=spec.default_threshold,
+            channel_order=spec.channel_order,
+            mean=spec.mean,
+            std=spec.std,
+            threads=threads,
+            family=spec.name,
+        )
+    cards = imported_models(models_dir)
+    card = cards.get(name) if MODEL_NAME.match(name) else None
+    if card is None:
+        known = sorted(BUNDLED) + sorted(cards)
+        raise ModelUnavailableError(
+            f"unknown model {name!r}; available: {', '.join(known)}. "
+            "Import AdaFace checkpoints with `facegate models import FILE.ckpt --arch ir50`"
+        )
+    pre = card.get("preprocessing", {})
+    onnx_path = Path(models_dir) / f"{name}.onnx"
+    data = onnx_path.read_bytes()
+    if card.get("onnx_sha256") and hashlib.sha256(data).hexdigest() != card["onnx_sha256"]:
+        raise ModelUnavailableError(f"model file {onnx_path} does not match its card (sha256): re-import it")
+    threshold = card.get("default_threshold")
     return OnnxEmbedder(
-        batchable_onnx(model_path(spec)),
-        name=spec.name,
-        version=spec.version,
-        default_threshold=spec.default_threshold,
-        channel_order=spec.channel_order,
-        mean=spec.mean,
-        std=spec.std,
+        data,
+        name=name,
+        version=str(card.get("onnx_sha256", hashlib.sha256(data).hexdigest()))[:12],
+        default_threshold=float(threshold) if threshold is not None else ADAFACE_DEFAULT_THRESHOLD,
+        input_size=int(card.get("input_size", 112)),
+        channel_order=pre.get("channel_order", "BGR"),
+        mean=float(pre.get("mean", 127.5)),
+        std=float(pre.get("std", 127.5)),
         threads=threads,
+        family=card.get("family", ""),
     )

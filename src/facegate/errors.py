@@ -50,5 +50,9 @@ class ModelMismatchError(FaceGateError):
     code = "model_mismatch"
 
 
+class ReembedError(FaceGateError):
+    code = "reembed_impossible"
+
+
 class ModelUnavailableError(FaceGateError):
     code = "model_unavailable"

@@ -211,7 +211,8 @@ class Gallery:
             found = ", ".join(f"{m} ({n} faces)" for m, n in others)
             raise ModelMismatchError(
                 f"this gallery holds embeddings made by {found}, but the active model is {self.model_id}; "
-                "serve with the gallery's model, or re-embed / start a new data directory"
+                "serve with the gallery's model (--model/--tta), re-embed the gallery with "
+                "`facegate gallery reembed --model NAME --tta MODE`, or start a new data directory"
             )
         if row is None or row[0] != self.model_id:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
@@ -224,6 +225,12 @@ class Gallery:
     def _load(self) -> None:
         """(Re)load vectors from SQLite and the HNSW index from disk, rebuilding it if it does not match."""
         with self._lock:
+            stored = self._db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
+            if stored is not None and stored[0] != self.model_id:
+                raise ModelMismatchError(
+                    f"the gallery now holds embeddings of {stored[0]} (re-embedded?), not of the active model "
+                    f"{self.model_id}; restart with that model"
+                )
             rows = self._db.execute(
                 "SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id"
             ).fetchall()
@@ -429,6 +436,36 @@ class Gallery:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._apply_delete(person_id, gen)
             return person
+
+    def stored_crops(self) -> list[tuple[int, bytes | None]]:
+        """Every face's id and aligned crop (None where crops were not kept)."""
+        with self._lock:
+            self._sync()
+            return [(int(r[0]), r[1]) for r in self._db.execute("SELECT id, crop FROM faces ORDER BY id")]
+
+    def reembed(self, model_id: str, dim: int, vectors: dict[int, np.ndarray]) -> None:
+        """Replace every face's vector with one made by another model, in one transaction.
+
+        ``vectors`` must cover every face; the index is rebuilt for the new model.
+        """
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                ids = [int(r[0]) for r in cur.execute("SELECT id FROM faces")]
+                missing = sorted(set(ids) - set(vectors))
+                if missing:
+                    raise ValueError(f"{len(missing)} faces have no new vector (e.g. face {missing[0]})")
+                for fid in ids:
+                    v = np.asarray(vectors[fid], dtype=np.float32).reshape(-1)
+                    if v.shape[0] != dim or not np.all(np.isfinite(v)):
+                        raise ValueError(f"face {fid}: vector of shape {v.shape} does not fit dimension {dim}")
+                    cur.execute("UPDATE faces SET embedding = ?, model_id = ? WHERE id = ?", (v.tobytes(), model_id, fid))
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (model_id,))
+                cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+                self._bump(cur)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self.model_id, self.dim = model_id, int(dim)
+            self._load()
 
     # ------------------------------------------------------------------ reads
     def get_person(self, person_id: int) -> Person:

@@ -6,7 +6,7 @@ Blocking and thread-safe: the API runs it in worker threads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +16,14 @@ from . import align as al
 from .config import Settings
 from .detect import BlazeFaceDetector, Face, pick_main_face
 from .embed import Embedder, FlipTTA, load_embedder
-from .errors import NoFaceError
+from .errors import NoFaceError, ReembedError
 from .gallery import Gallery, NewFace, Person, clean_name
-from .imageio import ImageLimits, encode_jpeg
+from .imageio import ImageLimits, decode_image, encode_jpeg
 from .rank import Decision, rank
 
+
+#: JPEG quality of stored crops: re-embedding one gives a vector within cosine 0.996 of the original's.
+CROP_QUALITY = 95
 
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
@@ -78,7 +81,9 @@ class Pipeline:
     @classmethod
     def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Pipeline:
         """Load the models and open the gallery (no network access; the models ship in packages)."""
-        embedder = FlipTTA(load_embedder(settings.model, threads=settings.inference_threads), settings.tta)
+        embedder = FlipTTA(
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir), settings.tta
+        )
         detector = BlazeFaceDetector(
             settings.detector,
             settings.det_threshold,
@@ -143,9 +148,8 @@ class Pipeline:
     def _new_faces(self, images: Sequence[np.ndarray], fields: Sequence[str]) -> list[NewFace]:
         located = [self.locate(img, field=f) for img, f in zip(images, fields)]  # raises before anything is stored
         vecs = self.embed([lf.aligned for lf in located])
-        return [
-            NewFace(v, encode_jpeg(lf.aligned), f) for v, lf, f in zip(vecs, located, fields)
-        ]
+        keep = self.settings.keep_crops
+        return [NewFace(v, encode_jpeg(lf.aligned, CROP_QUALITY) if keep else None, f) for v, lf, f in zip(vecs, located, fields)]
 
     def enroll(self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None) -> Person:
         """Enrol a new person from 1..N images, atomically: one unusable image and nothing is stored."""
@@ -179,3 +183,31 @@ class Pipeline:
         va, vb = self.embed([la.aligned, lb.aligned])
         sim = float(va @ vb)
         return Verification(sim, sim >= self.threshold, self.threshold)
+
+
+def reembed_gallery(
+    gallery: Gallery,
+    embedder: Embedder,
+    *,
+    batch: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Re-compute every stored face with ``embedder`` from its kept crop; all or nothing. Returns the face count."""
+    rows = gallery.stored_crops()
+    missing = [fid for fid, crop in rows if crop is None]
+    if missing:
+        raise ReembedError(
+            f"{len(missing)} of {len(rows)} faces have no stored crop (enrolled with keep_crops off); "
+            "they cannot be re-embedded: re-enrol those people or keep the current model"
+        )
+    limits = ImageLimits(min_side=1)
+    vectors: dict[int, np.ndarray] = {}
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        crops = [decode_image(crop, limits, field=f"face {fid}") for fid, crop in chunk]
+        for (fid, _), v in zip(chunk, embedder.embed(np.stack(crops))):
+            vectors[fid] = v
+        if progress:
+            progress(len(chunk))
+    gallery.reembed(embedder.model_id, embedder.dim, vectors)
+    return len(rows)

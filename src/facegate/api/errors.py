@@ -23,6 +23,7 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.FaceNotFoundError: 404,
     e.ModelMismatchError: 409,
     e.ModelUnavailableError: 503,
+    e.ReembedError: 409,
 }
 
 

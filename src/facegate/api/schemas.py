@@ -133,7 +133,7 @@ class Health(BaseModel):
     model: str
     detector: str
     threshold: float
-    tta: Literal["none", "concat", "sum"]
+    tta: Literal["none", "concat", "sum", "normsum"]
     top_k: int
     gallery: GalleryHealth
 

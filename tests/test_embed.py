@@ -119,7 +119,7 @@ def test_l2_normalize():
 
 
 # ----------------------------------------------------------------------------- flip TTA
-@pytest.mark.parametrize("mode,dim", [("none", 128), ("sum", 128), ("concat", 256)])
+@pytest.mark.parametrize("mode,dim", [("none", 128), ("sum", 128), ("concat", 256), ("normsum", 128)])
 def test_flip_tta_dims_and_norms(sface, astro_crop, other_crop, mode, dim):
     t = FlipTTA(sface, mode)
     assert isinstance(t, Embedder)
@@ -131,8 +131,8 @@ def test_flip_tta_dims_and_norms(sface, astro_crop, other_crop, mode, dim):
 
 
 def test_flip_tta_model_ids_differ(sface):
-    ids = {FlipTTA(sface, m).model_id for m in ("none", "sum", "concat")}
-    assert len(ids) == 3
+    ids = {FlipTTA(sface, m).model_id for m in ("none", "sum", "concat", "normsum")}
+    assert len(ids) == 4
     assert sface.model_id not in ids
     assert all(i.startswith(sface.model_id) for i in ids)
 
@@ -150,6 +150,12 @@ def test_flip_tta_definitions(sface, astro_crop, other_crop):
     np.testing.assert_allclose(FlipTTA(sface, "none").embed(crops), e, atol=1e-6)
     np.testing.assert_allclose(FlipTTA(sface, "sum").embed(crops), l2_normalize(e + f), atol=1e-5)
     np.testing.assert_allclose(FlipTTA(sface, "concat").embed(crops), np.hstack([e, f]) / np.sqrt(2), atol=1e-5)
+    # normsum (AdaFace's fusion) adds the raw features, so the face with the larger norm weighs more.
+    r, rf = sface.raw(crops), sface.raw(np.ascontiguousarray(crops[:, :, ::-1]))
+    np.testing.assert_allclose(FlipTTA(sface, "normsum").embed(crops), l2_normalize(r + rf), atol=1e-5)
+    vec, norms = FlipTTA(sface, "normsum").embed_with_norm(crops)
+    np.testing.assert_allclose(norms, np.linalg.norm(r, axis=1), rtol=1e-5)
+    assert np.all(norms > 0)
 
 
 def test_flip_tta_concat_cosine_is_mean_of_cosines(sface, astro_crop, other_crop):
@@ -159,7 +165,7 @@ def test_flip_tta_concat_cosine_is_mean_of_cosines(sface, astro_crop, other_crop
     assert float(c[0] @ c[1]) == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["none", "sum", "concat"])
+@pytest.mark.parametrize("mode", ["none", "sum", "concat", "normsum"])
 def test_flip_tta_batched_equals_one_by_one(sface, astro_crop, other_crop, mode):
     t = FlipTTA(sface, mode)
     crops = np.stack([astro_crop, other_crop, shifted_brighter(other_crop)])

@@ -38,3 +38,28 @@ def test_concurrent_predicts_and_enrolments(server, astronaut_payloads, astronau
         assert people["count"] == 9
         assert sorted(p["name"] for p in people["people"] if p["name"].startswith("Twin")) == [f"Twin {i}" for i in range(8)]
         assert http.get("/healthz").json()["gallery"]["faces"] == 3 + 8 * 3
+
+
+def test_over_capacity_is_a_prompt_503_with_retry_after(start_server, astronaut_payloads):
+    _, predict = astronaut_payloads
+    s = start_server(None, env={"FACEGATE_MAX_PENDING": "2", "FACEGATE_WORKER_THREADS": "1"})
+
+    def hit(_):
+        with httpx.Client(base_url=s.url, timeout=120) as c:
+            r = c.post("/predict", json=predict)
+            return r.status_code, r.headers.get("retry-after"), r.json()
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        results = list(pool.map(hit, range(48)))
+    codes = [c for c, _, _ in results]
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(200) >= 2 and codes.count(503) >= 1
+    for code, retry, body in results:
+        if code == 503:
+            assert retry == "1" and body["code"] == "busy"
+    with s.client() as http:
+        assert http.post("/predict", json=predict).status_code == 200  # recovers at once
+        text = http.get("/metrics").text
+    assert 'facegate_rejected_total{reason="busy"}' in text
+    assert 'facegate_requests_total{route="/predict",status="503"}' in text
+    assert "facegate_batch_faces_bucket" in text and "facegate_embed_queue_depth" in text

@@ -39,11 +39,11 @@ def _settings(config: Path | None, **overrides) -> Settings:
         raise typer.Exit(2) from None
 
 
-def _pipeline(settings: Settings):
+def _pipeline(settings: Settings, batching: bool = False):
     from .pipeline import Pipeline
 
     try:
-        return Pipeline.from_settings(settings)
+        return Pipeline.from_settings(settings, batching=batching)
     except FaceGateError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
@@ -72,7 +72,7 @@ def serve(
 
     s = _settings(config, host=host, port=port, data_dir=data, detector=detector, model=model, tta=tta, threshold=threshold)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pipe = _pipeline(s)  # load models and open the gallery first: a refusal is a message, not a traceback
+    pipe = _pipeline(s, batching=True)  # load models and open the gallery first: a refusal is a message, not a traceback
     console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {escape(str(s.data_dir))}, docs: /docs)")
     try:
         uvicorn.run(create_app(s, pipe), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)

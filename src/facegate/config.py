@@ -57,7 +57,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024)
     min_image_side: int = Field(24, ge=1)
     max_name_length: int = Field(128, ge=1, le=1024)
-    inference_threads: int = Field(2, ge=1, le=64)
+    inference_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads of the one inference thread.")
+    worker_threads: int = Field(8, ge=1, le=256, description="Threads decoding, detecting and searching for requests.")
+    max_batch: int = Field(8, ge=1, le=256, description="Faces embedded together at most (x2 with flip TTA).")
+    batch_wait_ms: float = Field(0.0, ge=0.0, le=100.0, description="Extra wait to fill a batch; 0 takes what queued.")
+    embed_queue: int = Field(64, ge=1, description="Requests waiting for the model at most; beyond, 503.")
+    max_pending: int = Field(64, ge=1, description="Requests in progress at most; beyond, 503 at once.")
+    request_timeout_s: float = Field(10.0, gt=0.0, description="A request not answered by then gets 503.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gallery.")
 
     @property
     def models_dir(self) -> Path:

@@ -50,6 +50,16 @@ class ModelMismatchError(FaceGateError):
     code = "model_mismatch"
 
 
+class BusyError(FaceGateError):
+    """At capacity: the request was refused at once rather than queued without bound."""
+
+    code = "busy"
+
+
+class DeadlineError(FaceGateError):
+    code = "deadline_exceeded"
+
+
 class ReembedError(FaceGateError):
     code = "reembed_impossible"
 

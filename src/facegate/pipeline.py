@@ -17,6 +17,7 @@ from .config import Settings
 from .detect import BlazeFaceDetector, Face, pick_main_face
 from .embed import Embedder, FlipTTA, load_embedder
 from .errors import NoFaceError, ReembedError
+from .batching import MicroBatcher
 from .gallery import Gallery, NewFace, Person, clean_name
 from .imageio import ImageLimits, decode_image, encode_jpeg
 from .rank import Decision, rank
@@ -70,24 +71,37 @@ class Verification:
 class Pipeline:
     """One per process: holds the detector, the embedder (with flip TTA) and the gallery."""
 
-    def __init__(self, settings: Settings, detector: BlazeFaceDetector, embedder: Embedder, gallery: Gallery) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        detector: BlazeFaceDetector,
+        embedder: FlipTTA,
+        gallery: Gallery,
+        batcher: MicroBatcher | None = None,
+    ) -> None:
         self.settings = settings
         self.detector = detector
         self.embedder = embedder
         self.gallery = gallery
+        #: When set, every embedding goes through it (one model call for many concurrent requests).
+        self.batcher = batcher
         self.threshold = settings.threshold if settings.threshold is not None else embedder.default_threshold
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
 
     @classmethod
-    def from_settings(cls, settings: Settings, data_dir: Path | None = None) -> Pipeline:
-        """Load the models and open the gallery (no network access; the models ship in packages)."""
+    def from_settings(cls, settings: Settings, data_dir: Path | None = None, *, batching: bool = False) -> Pipeline:
+        """Load the models and open the gallery (no network access; the models ship in packages).
+
+        ``batching``: run the model in one inference thread fed by a bounded queue (the server);
+        otherwise embed in the calling thread (the CLI, evaluation).
+        """
         embedder = FlipTTA(
             load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir), settings.tta
         )
         detector = BlazeFaceDetector(
             settings.detector,
             settings.det_threshold,
-            pool_size=settings.inference_threads,
+            pool_size=settings.worker_threads if batching else 1,
             max_side=settings.max_detect_side,
         )
         gallery = Gallery(
@@ -99,9 +113,21 @@ class Pipeline:
             hnsw_ef_construction=settings.hnsw_ef_construction,
             hnsw_ef=settings.hnsw_ef,
         )
-        return cls(settings, detector, embedder, gallery)
+        batcher = (
+            MicroBatcher(
+                embedder.embed_with_norm,
+                max_batch=settings.max_batch,
+                max_queue=settings.embed_queue,
+                max_wait_s=settings.batch_wait_ms / 1000.0,
+            )
+            if batching
+            else None
+        )
+        return cls(settings, detector, embedder, gallery, batcher)
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self.gallery.close()
         self.detector.close()
 
@@ -142,7 +168,12 @@ class Pipeline:
         raise NoFaceError(f"{field}: no face detected", field=field)
 
     def embed(self, aligned: Sequence[np.ndarray]) -> np.ndarray:
-        return self.embedder.embed(np.stack(aligned)) if len(aligned) else np.zeros((0, self.embedder.dim), np.float32)
+        if not len(aligned):
+            return np.zeros((0, self.embedder.dim), np.float32)
+        batch = np.stack(aligned)
+        if self.batcher is not None:
+            return self.batcher(batch, self.settings.request_timeout_s)[0]
+        return self.embedder.embed(batch)
 
     # ------------------------------------------------------------------ use cases
     def _new_faces(self, images: Sequence[np.ndarray], fields: Sequence[str]) -> list[NewFace]:

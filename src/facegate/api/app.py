@@ -15,6 +15,7 @@ from ..pipeline import Pipeline
 from . import errors, legacy, v1
 from .deps import Worker
 from .limits import BodyLimitMiddleware
+from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +26,11 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own = pipeline is None
-        p = pipeline or await anyio.to_thread.run_sync(Pipeline.from_settings, settings)
+        p = pipeline or await anyio.to_thread.run_sync(lambda: Pipeline.from_settings(settings, batching=True))
         app.state.pipeline = p
-        app.state.worker = Worker(settings.inference_threads)
+        app.state.worker = Worker(settings.worker_threads, settings.max_pending, metrics)
+        if p.batcher is not None:
+            p.batcher.on_batch = metrics.observe_batch
         g = p.gallery
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
@@ -45,6 +48,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         description="Self-hosted face recognition: enrol people, then identify faces in images.",
         lifespan=lifespan,
     )
+    metrics = Metrics()
+    metrics.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(legacy.router)

@@ -24,11 +24,18 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.ModelMismatchError: 409,
     e.ModelUnavailableError: 503,
     e.ReembedError: 409,
+    e.BusyError: 503,
+    e.DeadlineError: 503,
 }
 
 
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER_S = 1
+
+
 def error_response(status: int, code: str, detail: str, field: str | None = None, **extra) -> JSONResponse:
-    return JSONResponse({"detail": detail, "code": code, "field": field, **extra}, status_code=status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"detail": detail, "code": code, "field": field, **extra}, status_code=status, headers=headers)
 
 
 def _status_for(exc: e.FaceGateError) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import threading
@@ -617,3 +618,55 @@ def test_delete_leaves_no_trace_of_the_vectors_on_disk(data_dir, exact_max):
     assert on_disk(keep[0])
     g.close()
     assert not on_disk(gone[0]) and not on_disk(gone[1])
+
+
+def test_writes_do_not_rebuild_and_the_index_is_saved_in_the_background(data_dir):
+    """An enrolment adds to the live index (no rebuild); the file follows within the save delay."""
+    rng = np.random.default_rng(123)
+    g = open_gallery(data_dir, exact_search_max=0, save_delay_s=0.05)
+    first = g.add_person("First", faces(unit(rng, 2)), MODEL)
+    index_before = g._index
+    g.add_person("Second", faces(unit(rng, 2)), MODEL)
+    assert g._index is index_before  # same object: appended to, not rebuilt
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and json.loads((data_dir / INDEX_META).read_text())["count"] != 4:
+        time.sleep(0.02)
+    assert json.loads((data_dir / INDEX_META).read_text())["count"] == 4
+    g.delete_person(first.id)  # saved at once: deleted vectors must leave the disk before delete returns
+    assert json.loads((data_dir / INDEX_META).read_text())["count"] == 2
+    g.close()
+    g2 = open_gallery(data_dir, exact_search_max=0)
+    assert not g2.index_rebuilt and g2.face_count == 2
+    g2.close()
+
+
+def test_queries_run_while_writes_and_saves_happen(data_dir):
+    rng = np.random.default_rng(321)
+    g = open_gallery(data_dir, exact_search_max=0, save_delay_s=0.0)
+    base = unit(rng, 50)
+    for i in range(10):
+        g.add_person(f"P{i}", faces(base[i * 5 : i * 5 + 5]), MODEL)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def query():
+        try:
+            while not stop.is_set():
+                hits = g.search(base[0], k=5)
+                assert hits and hits[0].name == "P0"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=query) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for i in range(10, 40):
+        p = g.add_person(f"P{i}", faces(unit(rng, 2)), MODEL)
+        if i % 3 == 0:
+            g.delete_person(p.id)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:1]
+    assert g.person_count == 10 + 20
+    g.close()

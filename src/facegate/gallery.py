@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import unicodedata
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -118,6 +118,87 @@ def _person_id_by_name(db: sqlite3.Connection | sqlite3.Cursor, name: str) -> in
     return int(row[0]) if row else None
 
 
+class _RWLock:
+    """Many readers (queries, the index saver) or one writer (index mutations)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
+class _Vectors:
+    """Face ids, owners and vectors in growable arrays: an append costs O(new rows), not O(gallery).
+
+    Readers take ``view()`` and keep using it while writers append (rows past a view's end) or
+    compact (new arrays), so exact search needs no lock.
+    """
+
+    def __init__(self, ids: np.ndarray, persons: np.ndarray, vectors: np.ndarray) -> None:
+        self.n = len(ids)
+        cap = max(1024, 2 * self.n)
+        dim = vectors.shape[1]
+        self._ids = np.zeros(cap, np.int64)
+        self._persons = np.zeros(cap, np.int64)
+        self._vecs = np.zeros((cap, dim), np.float32)
+        self._ids[: self.n], self._persons[: self.n], self._vecs[: self.n] = ids, persons, vectors
+
+    def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self.n
+        return self._ids[:n], self._persons[:n], self._vecs[:n]
+
+    def append(self, ids: np.ndarray, person_id: int, vectors: np.ndarray) -> None:
+        need = self.n + len(ids)
+        if need > len(self._ids):
+            cap = max(need, 2 * len(self._ids))
+            grow = lambda a, shape: np.concatenate([a, np.zeros(shape, a.dtype)])  # noqa: E731
+            extra = cap - len(self._ids)
+            self._ids = grow(self._ids, (extra,))
+            self._persons = grow(self._persons, (extra,))
+            self._vecs = grow(self._vecs, (extra, self._vecs.shape[1]))
+        self._ids[self.n : need], self._persons[self.n : need], self._vecs[self.n : need] = ids, person_id, vectors
+        self.n = need
+
+    def remove_person(self, person_id: int) -> np.ndarray:
+        ids, persons, vecs = self.view()
+        mask = persons == person_id
+        gone = ids[mask].copy()
+        if len(gone):
+            keep = ~mask
+            fresh = _Vectors(ids[keep], persons[keep], vecs[keep])
+            self._ids, self._persons, self._vecs, self.n = fresh._ids, fresh._persons, fresh._vecs, fresh.n
+        return gone
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -135,6 +216,7 @@ class Gallery:
         hnsw_m: int = 16,
         hnsw_ef_construction: int = 200,
         hnsw_ef: int = 64,
+        save_delay_s: float = 1.0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +226,15 @@ class Gallery:
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.hnsw_ef = hnsw_ef
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the database connection and the in-memory tables
+        self._index_lock = _RWLock()  # the HNSW index: queries and saves read, adds and deletes write
+        self._save_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._closing = False
+        self._stop = threading.Event()
+        self._saved_stamp: tuple[int, int] | None = None
+        self._index_stamp: tuple[int, int] = (-1, -1)
+        self.save_delay_s = save_delay_s
         self._db = sqlite3.connect(
             self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -162,9 +252,12 @@ class Gallery:
                 self._check_model(cur)
             self.index_rebuilt = False
             self._load()
+            self._saved_stamp = self._index_stamp  # just loaded from, or written to, disk
         except BaseException:
             self._db.close()
             raise
+        self._saver = threading.Thread(target=self._saver_loop, name="facegate-index-saver", daemon=True)
+        self._saver.start()
 
     @classmethod
     def open_existing(cls, data_dir: Path, **kwargs) -> Gallery | None:
@@ -235,25 +328,30 @@ class Gallery:
                 "SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id"
             ).fetchall()
             self._names = dict(self._db.execute("SELECT id, name FROM people").fetchall())
-            self._face_ids = np.array([r[0] for r in rows], dtype=np.int64)
-            self._face_person = np.array([r[1] for r in rows], dtype=np.int64)
-            self._person_of = dict(zip(self._face_ids.tolist(), self._face_person.tolist()))
-            self._vectors = (
+            ids = np.array([r[0] for r in rows], dtype=np.int64)
+            persons = np.array([r[1] for r in rows], dtype=np.int64)
+            vectors = (
                 np.vstack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
                 if rows
                 else np.zeros((0, self.dim), np.float32)
             )
-            if self._vectors.shape[1] != self.dim:
-                raise ModelMismatchError(f"stored vectors have {self._vectors.shape[1]} dimensions, model has {self.dim}")
+            if vectors.shape[1] != self.dim:
+                raise ModelMismatchError(f"stored vectors have {vectors.shape[1]} dimensions, model has {self.dim}")
+            self._table = _Vectors(ids, persons, vectors)
+            self._person_of = dict(zip(ids.tolist(), persons.tolist()))
             self._generation_loaded = self._generation()
             self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
-            self._index = self._open_index()
+            index = self._open_index()
+            with self._index_lock.write():
+                self._index = index
+                self._index_stamp = (self._generation_loaded, self._table.n)
 
     def _open_index(self):
         import hnswlib
 
         path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
-        n = len(self._face_ids)
+        ids, _, vectors = self._table.view()
+        n = len(ids)
         try:
             meta = json.loads(meta_path.read_text())
             if (
@@ -281,27 +379,54 @@ class Gallery:
         index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
         index.set_ef(self.hnsw_ef)
         if n:
-            index.add_items(self._vectors, self._face_ids, num_threads=1)
-        self._save_index(index)
+            index.add_items(vectors, ids, num_threads=1)
+        self._write_index_files(index, self._generation_loaded, n)
         return index
 
-    def _save_index(self, index=None) -> None:
-        """Atomic save: write beside, then rename; the JSON stamp is written last."""
-        index = index if index is not None else self._index
+    def _write_index_files(self, index, generation: int, count: int, guard=None) -> None:
+        """Atomic save: write beside (under a name of this process and thread), rename, then the stamp.
+
+        ``guard`` is held only while hnswlib writes the file.
+        """
         path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
-        tmp = path.with_suffix(".tmp")
-        index.save_index(str(tmp))
+        tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = path.with_name(path.name + tag)
+        with guard or nullcontext():
+            index.save_index(str(tmp))
+        digest = _digest(tmp)
         os.replace(tmp, path)
-        stamp = {
-            "generation": self._generation_loaded,
-            "model_id": self.model_id,
-            "count": len(self._face_ids),
-            "dim": self.dim,
-            "digest": _digest(path),
-        }
-        tmpm = meta_path.with_suffix(".tmp")
+        stamp = {"generation": generation, "model_id": self.model_id, "count": count, "dim": self.dim, "digest": digest}
+        tmpm = meta_path.with_name(meta_path.name + tag)
         tmpm.write_text(json.dumps(stamp))
         os.replace(tmpm, meta_path)
+
+    def _save_index(self) -> None:
+        """Save the live index. Takes only the index's read lock: queries go on; index writes wait."""
+        with self._save_lock:
+            with self._index_lock.read():
+                index, stamp = self._index, self._index_stamp
+            self._write_index_files(index, *stamp, guard=self._index_lock.read())
+            self._saved_stamp = stamp
+
+    def _saver_loop(self) -> None:
+        """Background saves, coalesced: a burst of enrolments costs one save, and no request waits for it."""
+        while True:
+            self._dirty.wait()
+            if self._closing:
+                return
+            self._stop.wait(self.save_delay_s)  # coalesce a burst; close() cuts the wait short
+            self._dirty.clear()
+            if self._closing:  # close() saves what is left
+                return
+            try:
+                self._save_index()
+            except Exception:  # derived data: a failed save only means a rebuild at the next start
+                log.exception("saving the HNSW index failed")
+
+    def flush(self) -> None:
+        """Save the index now if it changed since the last save (tests, shutdown)."""
+        if self._saved_stamp != self._index_stamp:
+            self._save_index()
 
     def _sync(self) -> None:
         """Reload if another process committed since we last looked (cheap: one PRAGMA)."""
@@ -324,42 +449,40 @@ class Gallery:
     def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
         if self._caught_up(generation):
             return
+        ids = np.asarray(face_ids, np.int64)
         self._names[person_id] = name
-        self._face_ids = np.concatenate([self._face_ids, np.asarray(face_ids, np.int64)])
-        self._face_person = np.concatenate([self._face_person, np.full(len(face_ids), person_id, np.int64)])
-        self._person_of.update((int(f), person_id) for f in face_ids)
-        self._vectors = np.vstack([self._vectors, vectors]) if len(self._vectors) else vectors.copy()
-        cap = self._index.get_max_elements()
-        need = self._index.get_current_count() + len(face_ids)
-        if need > cap:
-            self._index.resize_index(max(need, 2 * cap))
-        self._index.add_items(vectors, np.asarray(face_ids, np.int64), num_threads=1)
-        self._after_write(generation)
+        with self._index_lock.write():
+            cap = self._index.get_max_elements()
+            need = self._index.get_current_count() + len(ids)
+            if need > cap:
+                self._index.resize_index(max(need, 2 * cap))
+            self._index.add_items(vectors, ids, num_threads=1)
+            self._person_of.update((int(f), person_id) for f in face_ids)
+            self._table.append(ids, person_id, vectors)
+            self._after_write(generation)
 
     def _apply_delete(self, person_id: int, generation: int) -> None:
         if self._caught_up(generation):
             return
-        mask = self._face_person == person_id
-        ids = self._face_ids[mask]
-        if len(ids):
-            # hnswlib keeps a deleted element's vector in the file: overwrite it with noise first.
-            noise = np.random.default_rng().standard_normal((len(ids), self.dim)).astype(np.float32)
-            self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
-            for fid in ids.tolist():
-                self._index.mark_deleted(int(fid))
-                self._person_of.pop(int(fid), None)
-        self._face_ids, self._face_person, self._vectors = (
-            self._face_ids[~mask],
-            self._face_person[~mask],
-            self._vectors[~mask],
-        )
+        with self._index_lock.write():
+            ids = self._table.remove_person(person_id)
+            if len(ids):
+                # hnswlib keeps a deleted element's vector in the file: overwrite it with noise first.
+                noise = np.random.default_rng().standard_normal((len(ids), self.dim)).astype(np.float32)
+                self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
+                for fid in ids.tolist():
+                    self._index.mark_deleted(int(fid))
+                    self._person_of.pop(int(fid), None)
+            self._after_write(generation)
         self._names.pop(person_id, None)
-        self._after_write(generation)
+        if len(ids):
+            self._save_index()  # now, not later: the deleted vectors must leave the disk before we answer
 
     def _after_write(self, generation: int) -> None:
         self._generation_loaded = generation
+        self._index_stamp = (generation, self._table.n)
         self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        self._save_index()
+        self._dirty.set()
 
     # ------------------------------------------------------------------ writes
     def _check_vectors(self, faces: Sequence[NewFace]) -> np.ndarray:
@@ -498,7 +621,7 @@ class Gallery:
         """(people, faces, search mode), current with writes made by other processes."""
         with self._lock:
             self._sync()
-            n = len(self._face_ids)
+            n = self._table.n
             return len(self._names), n, "exact" if n <= self.exact_search_max else "hnsw"
 
     @property
@@ -514,32 +637,45 @@ class Gallery:
         return self.stats()[2]
 
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
-        """The ``k`` faces most similar (cosine) to ``query``, nearest first."""
+        """The ``k`` faces most similar (cosine) to ``query``, nearest first.
+
+        Exact search reads a snapshot with no lock; HNSW search shares a read lock with the index
+        saver, so neither a save nor another query ever blocks it.
+        """
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
             raise ModelMismatchError(f"query has {q.shape[0]} dimensions; this gallery's model {self.model_id} has {self.dim}")
         with self._lock:
             self._sync()
-            n = len(self._face_ids)
-            if n == 0:
-                return []
-            k = min(k, n)
-            use_exact = exact if exact is not None else n <= self.exact_search_max
-            if use_exact:
-                sims = self._vectors @ q
-                top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
-                top = top[np.argsort(-sims[top], kind="stable")]
-                hits = [(int(self._face_ids[i]), float(sims[i]), int(self._face_person[i])) for i in top]
-            else:
-                self._index.set_ef(max(self.hnsw_ef, k))
+            ids, persons, vectors = self._table.view()
+            names = self._names
+        n = len(ids)
+        if n == 0:
+            return []
+        k = min(k, n)
+        use_exact = exact if exact is not None else n <= self.exact_search_max
+        if use_exact:
+            sims = vectors @ q
+            top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
+            top = top[np.argsort(-sims[top], kind="stable")]
+            hits = [(int(ids[i]), float(sims[i]), int(persons[i])) for i in top]
+        else:
+            with self._index_lock.read():
+                k = min(k, len(self._person_of))
+                if k == 0:
+                    return []
                 labels, dists = self._index.knn_query(q[None], k=k)
-                hits = [(int(f), 1.0 - float(d), self._person_of[int(f)]) for f, d in zip(labels[0], dists[0])]
-            return [Neighbour(fid, pid, self._names[pid], sim) for fid, sim, pid in hits]
+                hits = [(int(f), 1.0 - float(d), self._person_of.get(int(f))) for f, d in zip(labels[0], dists[0])]
+        return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid is not None and pid in names]
 
     def close(self) -> None:
+        self._closing = True
+        self._stop.set()
+        self._dirty.set()
+        self._saver.join(timeout=30)
         with self._lock:
             try:
                 self._sync()  # never stamp a stale index as current
-                self._save_index()
+                self.flush()
             finally:
                 self._db.close()

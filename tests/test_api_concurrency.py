@@ -63,3 +63,25 @@ def test_over_capacity_is_a_prompt_503_with_retry_after(start_server, astronaut_
     assert 'facegate_rejected_total{reason="busy"}' in text
     assert 'facegate_requests_total{route="/predict",status="503"}' in text
     assert "facegate_batch_faces_bucket" in text and "facegate_embed_queue_depth" in text
+
+
+def test_two_worker_processes_share_the_gallery(start_server, astronaut_payloads, other_face):
+    """A write acknowledged by one worker is seen by the other's very next request."""
+    register, predict = astronaut_payloads
+    s = start_server(None, "--workers", "2")
+    pids = set()
+    with s.client() as http:
+        for _ in range(12):
+            assert http.post("/predict", json=predict).json()["user_name"] == "unknown"
+        assert http.post("/register", json=register).status_code == 200
+        for _ in range(24):  # fresh connections, so the kernel spreads them over both workers
+            with httpx.Client(base_url=s.url, timeout=60) as c:
+                r = c.post("/predict", json=predict)
+                assert r.json()["user_name"] == "Eileen Collins"
+                pids.add(r.headers.get("x-facegate-worker"))
+        person = http.get("/v1/people").json()["people"][0]
+        assert http.delete(f"/v1/people/{person['id']}").status_code == 200
+        for _ in range(24):
+            with httpx.Client(base_url=s.url, timeout=60) as c:
+                assert c.post("/predict", json=predict).json()["user_name"] == "unknown"
+    assert len(pids - {None}) == 2, f"requests reached workers {pids}"

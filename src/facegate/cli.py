@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .config import Settings, load_settings
+from .config import Settings, load_settings, settings_for_workers
 from .errors import FaceGateError
 
 app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
@@ -63,6 +64,7 @@ def serve(
     model: Annotated[Optional[str], typer.Option(help="Embedding model: sface, or an imported one (see `facegate models list`).")] = None,
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Server processes sharing the gallery (default 1).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the HTTP server (the reference /register and /predict, and /v1)."""
@@ -70,14 +72,40 @@ def serve(
 
     from .api import create_app
 
-    s = _settings(config, host=host, port=port, data_dir=data, detector=detector, model=model, tta=tta, threshold=threshold)
+    s = _settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data,
+        detector=detector,
+        model=model,
+        tta=tta,
+        threshold=threshold,
+        workers=workers,
+    )
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    pipe = _pipeline(s, batching=True)  # load models and open the gallery first: a refusal is a message, not a traceback
-    console.print(f"FaceGate serving on http://{s.host}:{s.port}  (data: {escape(str(s.data_dir))}, docs: /docs)")
-    try:
-        uvicorn.run(create_app(s, pipe), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
-    finally:
-        pipe.close()
+    pipe = _pipeline(s, batching=s.workers == 1)  # load first: a refusal is a message, not a traceback
+    console.print(
+        f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"
+        f"  (data: {escape(str(s.data_dir))}, docs: /docs)"
+    )
+    if s.workers == 1:
+        try:
+            uvicorn.run(create_app(s, pipe), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
+        finally:
+            pipe.close()
+        return
+    pipe.close()  # each worker process loads its own models and opens the shared gallery
+    os.environ.update(settings_for_workers(s))
+    uvicorn.run(
+        "facegate.api.app:create_app_from_environment",
+        factory=True,
+        host=s.host,
+        port=s.port,
+        workers=s.workers,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+    )
 
 
 @app.command()

@@ -101,3 +101,20 @@ def load_settings(config_file: Path | str | None = None, **overrides: Any) -> Se
 
     given = {k: v for k, v in overrides.items() if v is not None}
     return _FileSettings(**given)
+
+
+#: Environment variable through which `facegate serve --workers N` hands its settings to each worker process.
+SETTINGS_ENV = "FACEGATE_SETTINGS_JSON"
+
+
+def settings_for_workers(settings: Settings) -> dict[str, str]:
+    """Environment entries that make ``settings_from_environment`` rebuild ``settings`` in a worker."""
+    return {SETTINGS_ENV: settings.model_dump_json()}
+
+
+def settings_from_environment() -> Settings:
+    """The settings a parent `facegate serve` handed down (see ``settings_for_workers``)."""
+    text = os.environ.get(SETTINGS_ENV)
+    if not text:
+        raise RuntimeError(f"{SETTINGS_ENV} is not set: start workers through `facegate serve --workers N`")
+    return Settings.model_validate_json(text)

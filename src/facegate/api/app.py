@@ -56,3 +56,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(v1.health_router)
     return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """Factory for uvicorn worker processes (`facegate serve --workers N`)."""
+    from ..config import settings_from_environment
+
+    return create_app(settings_from_environment())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+_PID = str(os.getpid()).encode()
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -56,6 +58,7 @@ class Metrics:
                 async def _send(msg) -> None:
                     if msg["type"] == "http.response.start":
                         status[0] = msg["status"]
+                        msg = {**msg, "headers": [*msg.get("headers", []), (b"x-facegate-worker", _PID)]}
                     await send(msg)
 
                 try:

@@ -262,6 +262,7 @@ def models_import(
     checkpoint: Annotated[Path, typer.Argument(help="An official AdaFace checkpoint (.ckpt).")],
     arch: Annotated[str, typer.Option(help="Backbone of the checkpoint: ir18, ir50 or ir101.")],
     name: Annotated[Optional[str], typer.Option(help="Model name (default adaface-ARCH).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -276,7 +277,7 @@ def models_import(
         console.print(f"[red]error:[/red] {escape(str(checkpoint))} is not a file")
         raise typer.Exit(2)
     try:
-        card = import_checkpoint(checkpoint, arch, s.models_dir, name)
+        card = import_checkpoint(checkpoint, arch, s.models_dir, name, overwrite=force)
     except FaceGateError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None

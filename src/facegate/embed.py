@@ -264,7 +264,7 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             family=spec.name,
         )
     cards = imported_models(models_dir)
-    card = cards.get(name) if MODEL_NAME.match(name) else None
+    card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
     if card is None:
         known = sorted(BUNDLED) + sorted(cards)
         raise ModelUnavailableError(

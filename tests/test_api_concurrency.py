@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -18,14 +19,23 @@ def test_concurrent_predicts_and_enrolments(server, astronaut_payloads, astronau
     img = np.ascontiguousarray(astronaut)
     variants = [b64(np.clip(img.astype(int) + d, 0, 255).astype(np.uint8)) for d in (-20, 0, 20)]
 
-    def do_predict(i: int) -> tuple[int, str]:
+    def post(path: str, body: dict) -> httpx.Response:
+        """As a well-behaved client: on 503, wait Retry-After and try again."""
         with httpx.Client(base_url=server.url, timeout=120) as c:
-            r = c.post("/predict", json=predict)
-            return r.status_code, r.json().get("user_name")
+            for _ in range(60):
+                r = c.post(path, json=body)
+                if r.status_code != 503:
+                    return r
+                assert r.json()["code"] == "busy" and r.headers["retry-after"] == "1"
+                time.sleep(float(r.headers["retry-after"]) / 4)
+            return r
+
+    def do_predict(i: int) -> tuple[int, str]:
+        r = post("/predict", predict)
+        return r.status_code, r.json().get("user_name")
 
     def do_enrol(i: int) -> int:
-        with httpx.Client(base_url=server.url, timeout=120) as c:
-            return c.post("/v1/people", json={"name": f"Twin {i}", "images": variants}).status_code
+        return post("/v1/people", {"name": f"Twin {i}", "images": variants}).status_code
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         preds = list(pool.map(do_predict, range(48)))

@@ -28,9 +28,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         own = pipeline is None
         p = pipeline or await anyio.to_thread.run_sync(lambda: Pipeline.from_settings(settings, batching=True))
         app.state.pipeline = p
-        app.state.worker = Worker(settings.worker_threads, settings.max_pending, metrics)
+        worker = Worker(settings.worker_threads, settings.max_pending, metrics, settings.latency_budget_s)
+        app.state.worker = worker
         if p.batcher is not None:
-            p.batcher.on_batch = metrics.observe_batch
+            p.batcher.on_batch = worker.observe_batch
         g = p.gallery
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",

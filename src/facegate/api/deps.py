@@ -18,21 +18,41 @@ T = TypeVar("T")
 class Worker:
     """Runs blocking work (decoding, detection, search, waiting for the model) in a thread pool.
 
-    At most ``max_pending`` requests are admitted at once; the next one is refused at once with
-    ``BusyError`` (503 + Retry-After) instead of queueing without bound.
+    Admission control: a request is refused at once with ``BusyError`` (503 + Retry-After) when
+    ``max_pending`` requests are in progress, or when the work ahead of it would take longer than
+    ``latency_budget_s`` at the model's measured pace; so latency stays bounded under any load and
+    nothing queues without bound.
     """
 
-    def __init__(self, threads: int, max_pending: int, metrics: Metrics | None = None) -> None:
+    def __init__(self, threads: int, max_pending: int, metrics: Metrics | None = None, latency_budget_s: float = 1.0) -> None:
         self.limiter = anyio.CapacityLimiter(threads)
         self.max_pending = max_pending
+        self.latency_budget_s = latency_budget_s
         self.pending = 0
         self.metrics = metrics
+        #: Moving average of model seconds per request, from the batcher's reports.
+        self.seconds_per_request = 0.0
+
+    def observe_batch(self, faces: int, requests: int, seconds: float) -> None:
+        per = seconds / max(1, requests)
+        a = 0.2
+        self.seconds_per_request = per if self.seconds_per_request == 0.0 else (1 - a) * self.seconds_per_request + a * per
+        if self.metrics:
+            self.metrics.observe_batch(faces, requests, seconds)
+
+    def _refuse(self, why: str) -> BusyError:
+        if self.metrics:
+            self.metrics.rejected.labels("busy").inc()
+        return BusyError(why)
 
     async def run(self, fn: Callable[..., T], *args) -> T:
         if self.pending >= self.max_pending:
-            if self.metrics:
-                self.metrics.rejected.labels("busy").inc()
-            raise BusyError(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
+            raise self._refuse(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
+        expected = (self.pending + 1) * self.seconds_per_request
+        if expected > self.latency_budget_s:
+            raise self._refuse(
+                f"the server is at capacity (about {expected:.1f} s of work queued, budget {self.latency_budget_s:.1f} s); retry shortly"
+            )
         self.pending += 1
         if self.metrics:
             self.metrics.inflight.inc()

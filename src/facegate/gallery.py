@@ -213,9 +213,9 @@ class Gallery:
         dim: int,
         *,
         exact_search_max: int = 20_000,
-        hnsw_m: int = 16,
+        hnsw_m: int = 32,
         hnsw_ef_construction: int = 200,
-        hnsw_ef: int = 64,
+        hnsw_ef: int = 256,
         save_delay_s: float = 1.0,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -379,7 +379,7 @@ class Gallery:
         index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
         index.set_ef(self.hnsw_ef)
         if n:
-            index.add_items(vectors, ids, num_threads=1)
+            index.add_items(vectors, ids, num_threads=-1)  # a rebuild may use every core
         self._write_index_files(index, self._generation_loaded, n)
         return index
 

@@ -14,7 +14,7 @@ from ..config import Settings
 from ..pipeline import Pipeline
 from . import errors, legacy, v1
 from .deps import Worker
-from .limits import BodyLimitMiddleware
+from .limits import AdmissionMiddleware, BodyLimitMiddleware
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     )
     metrics = Metrics()
     metrics.install(app)
+    app.add_middleware(AdmissionMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     errors.install(app)
     app.include_router(legacy.router)

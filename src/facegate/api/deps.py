@@ -45,14 +45,21 @@ class Worker:
             self.metrics.rejected.labels("busy").inc()
         return BusyError(why)
 
-    async def run(self, fn: Callable[..., T], *args) -> T:
+    def admission_error(self) -> BusyError | None:
+        """Why a new request would be refused now, or None. Cheap: checked before the body is read."""
         if self.pending >= self.max_pending:
-            raise self._refuse(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
+            return self._refuse(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
         expected = (self.pending + 1) * self.seconds_per_request
         if expected > self.latency_budget_s:
-            raise self._refuse(
+            return self._refuse(
                 f"the server is at capacity (about {expected:.1f} s of work queued, budget {self.latency_budget_s:.1f} s); retry shortly"
             )
+        return None
+
+    async def run(self, fn: Callable[..., T], *args) -> T:
+        refusal = self.admission_error()
+        if refusal is not None:
+            raise refusal
         self.pending += 1
         if self.metrics:
             self.metrics.inflight.inc()

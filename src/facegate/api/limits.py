@@ -74,3 +74,38 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+#: Routes that run the models: refused early, before their (large) bodies are read, when over capacity.
+MODEL_ROUTES = frozenset({"/predict", "/register", "/v1/identify", "/v1/verify", "/v1/people"})
+
+
+class AdmissionMiddleware:
+    """Answers 503 + Retry-After before reading the body when the server is over capacity.
+
+    Refusing after parsing megabytes of base64 would spend the CPU the model needs.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in MODEL_ROUTES:
+            worker = getattr(scope["app"].state, "worker", None)
+            refusal = worker.admission_error() if worker is not None else None
+            if refusal is not None:
+                body = json.dumps({"detail": refusal.message, "code": refusal.code, "field": None}).encode()
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 503,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"retry-after", b"1"),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,230 @@
+"""Server throughput and latency under concurrent clients, next to the model's own limit.
+
+1. The raw limit, in this process: the embedding model alone (onnxruntime, the server's thread
+   setting) at batch sizes 1..32 (faces/s, best batch), the same with flip TTA (a request embeds
+   its face and the mirror image), and the unmodified bundled SFace file at batch 1.
+2. The server: starts `facegate serve` (or uses --url), enrols one person, then an asyncio httpx
+   load generator in a separate process sends the reference client's `/predict` JSON (a real face
+   crop with its eye points) from 1, 8, 32 and 128 concurrent clients for --seconds each:
+   requests/s, p50/p95/p99 latency, errors, 503s, and server throughput / raw model throughput.
+
+Writes JSON (--json) and a markdown table (--markdown).
+
+    python bench/load.py [--clients 1 8 32 128] [--seconds 20] [--json out.json] [--markdown out.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lfw_http import start_server  # noqa: E402
+
+
+def model_limit(threads: int) -> dict:
+    import onnxruntime as ort
+
+    from facegate.embed import BUNDLED, FlipTTA, load_embedder, model_path
+
+    emb = load_embedder("sface", threads=threads)
+    tta = FlipTTA(emb, "sum")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (32, 112, 112, 3), dtype=np.uint8)
+
+    def per_call(fn, arg, min_s: float = 1.5) -> float:
+        fn(arg)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < min_s or n < 5:
+            fn(arg)
+            n += 1
+        return (time.perf_counter() - t0) / n
+
+    batches = {}
+    for bs in (1, 2, 4, 8, 16, 32):
+        t = per_call(emb.embed, x[:bs])
+        batches[bs] = {"ms_per_call": t * 1000, "faces_per_s": bs / t}
+    best = max(batches, key=lambda b: batches[b]["faces_per_s"])
+    tta_one = per_call(tta.embed, x[:1])  # one request: the face and its mirror in one call
+    tta_best = {}
+    for n in (1, 2, 4, 8):
+        t = per_call(tta.embed, x[:n])
+        tta_best[n] = n / t
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    raw = ort.InferenceSession(str(model_path(BUNDLED["sface"])), sess_options=opts, providers=["CPUExecutionProvider"])
+    inp = x[:1].astype(np.float32).transpose(0, 3, 1, 2).copy()
+    name = raw.get_inputs()[0].name
+    orig = per_call(lambda a: raw.run(None, {name: a}), inp)
+    return {
+        "threads": threads,
+        "batches": batches,
+        "best_batch": best,
+        "best_faces_per_s": batches[best]["faces_per_s"],
+        "batch1_ms": batches[1]["ms_per_call"],
+        "unmodified_file_batch1_ms": orig * 1000,
+        "tta_request_ms": tta_one * 1000,
+        "tta_requests_per_s_best": max(tta_best.values()),
+        "tta_requests_per_s_by_batch": tta_best,
+    }
+
+
+def predict_body() -> dict:
+    from skimage import data
+
+    from facegate.client import predict_payload
+    from facegate.detect import BlazeFaceDetector
+
+    img = np.ascontiguousarray(data.astronaut())
+    det = BlazeFaceDetector("short")
+    face = det.detect(img)[0]
+    det.close()
+    return predict_payload(img, face, file_name="bench.jpg", margin=0.25)
+
+
+def _load_process(url: str, body: dict, clients: int, seconds: float, out) -> None:
+    """Runs in its own process: `clients` concurrent loops posting /predict for `seconds`."""
+    import httpx
+
+    async def main() -> dict:
+        lat: list[float] = []
+        codes: dict[int, int] = {}
+        errors = 0
+        stop = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+
+            async def one() -> None:
+                nonlocal errors
+                while time.perf_counter() < stop:
+                    t0 = time.perf_counter()
+                    try:
+                        r = await c.post("/predict", json=body)
+                        codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                        if r.status_code == 200:
+                            lat.append(time.perf_counter() - t0)
+                        elif r.status_code == 503:  # a well-behaved client waits as told
+                            await asyncio.sleep(float(r.headers.get("retry-after", "1")))
+                    except httpx.HTTPError:
+                        errors += 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(clients)))
+            wall = time.perf_counter() - t0
+        return {"latencies": lat, "codes": codes, "errors": errors, "wall": wall}
+
+    out.put(asyncio.run(main()))
+
+
+def run_level(url: str, body: dict, clients: int, seconds: float) -> dict:
+    q: mp.Queue = mp.Queue()
+    p = mp.Process(target=_load_process, args=(url, body, clients, seconds, q))
+    p.start()
+    res = q.get(timeout=seconds + 120)
+    p.join(30)
+    lat = np.array(res["latencies"]) * 1000
+    ok = res["codes"].get(200, 0)
+    return {
+        "clients": clients,
+        "requests_ok": ok,
+        "requests_per_s": ok / res["wall"],
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "status_counts": {str(k): v for k, v in sorted(res["codes"].items())},
+        "http_503": res["codes"].get(503, 0),
+        "errors": res["errors"] + sum(v for k, v in res["codes"].items() if k not in (200, 503)),
+    }
+
+
+def markdown(result: dict) -> str:
+    m = result["model"]
+    lines = [
+        f"Machine: {result['machine']}",
+        "",
+        f"Model alone (SFace, onnxruntime {m['threads']} threads): batch 1 {m['batch1_ms']:.1f} ms/face; "
+        f"best batch {m['best_batch']}: {m['best_faces_per_s']:.1f} faces/s; unmodified bundled file at batch 1: "
+        f"{m['unmodified_file_batch1_ms']:.1f} ms. With flip TTA (face + mirror per request): "
+        f"{m['tta_request_ms']:.1f} ms per request alone, {m['tta_requests_per_s_best']:.1f} requests/s at best.",
+        "",
+        "| clients | requests/s | p50 ms | p95 ms | p99 ms | 503s | errors | server / model throughput |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for lv in result["levels"]:
+        f = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
+        lines.append(
+            f"| {lv['clients']} | {lv['requests_per_s']:.1f} | {f(lv['p50_ms'])} | {f(lv['p95_ms'])} | {f(lv['p99_ms'])} "
+            f"| {lv['http_503']} | {lv['errors']} | {lv['requests_per_s'] / m['tta_requests_per_s_best']:.0%} |"
+        )
+    one = result["levels"][0]
+    if one["clients"] == 1 and one["p50_ms"]:
+        lines += ["", f"Idle server, one client: /predict p50 {one['p50_ms']:.1f} ms = {one['p50_ms'] / m['tta_request_ms']:.2f}x the model's own time for one request."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--url")
+    ap.add_argument("--serve-args", default="")
+    ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--markdown")
+    args = ap.parse_args()
+
+    from facegate.config import Settings
+
+    threads = Settings().inference_threads
+    print("measuring the model alone ...", file=sys.stderr)
+    model = model_limit(threads)
+    body = predict_body()
+    tmp = tempfile.TemporaryDirectory()
+    proc, url = (None, args.url) if args.url else start_server(tmp.name, shlex.split(args.serve_args))
+    try:
+        import httpx
+
+        from facegate.client import register_payload
+        from skimage import data
+
+        img = np.ascontiguousarray(data.astronaut())
+        httpx.post(url + "/register", json=register_payload("Eileen Collins", [img, img[:, ::-1].copy(), img]), timeout=60)
+        levels = []
+        for n in args.clients:
+            print(f"{n} clients for {args.seconds:.0f} s ...", file=sys.stderr)
+            run_level(url, body, n, 2.0)  # warm-up
+            levels.append(run_level(url, body, n, args.seconds))
+            print(json.dumps(levels[-1]), file=sys.stderr)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        tmp.cleanup()
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "model": model,
+        "levels": levels,
+    }
+    md = markdown(result)
+    print(md)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        Path(args.markdown).write_text(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -220,6 +220,7 @@ def main() -> int:
     md = markdown(result)
     print(md)
     if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))
     if args.markdown:
         Path(args.markdown).write_text(md)

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_pending: int = Field(64, ge=1, description="Requests in progress at most; beyond, 503 at once.")
     request_timeout_s: float = Field(10.0, gt=0.0, description="A request not answered by then gets 503.")
     latency_budget_s: float = Field(
-        1.0, gt=0.0, description="Refuse (503) a request whose queued work ahead would exceed this, at the model's pace."
+        0.7, gt=0.0, description="Refuse (503) a request whose queued work ahead would exceed this, at the model's pace."
     )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gallery.")
 

@@ -62,3 +62,24 @@ def test_import_reembed_and_serve(checkpoint, tmp_path, start_server, astronaut_
         r = http.post("/predict", json={"file_name": "x.jpg", "image": register["first_img"]})
         assert r.status_code == 200, r.text
         assert r.json()["user_name"] == "Eileen Collins" and r.json()["similarity"] > 0.9
+
+
+@pytest.mark.parametrize("arch,layout", [("ir18", "ir_18"), ("ir50", "ir_50"), ("ir101", "ir_101")])
+def test_cli_imports_each_backbone(arch, layout, tmp_path):
+    """Each backbone, random weights in the official checkpoint layout, through `facegate models import`."""
+    import onnxruntime as ort
+    import torch
+
+    backbone = random_backbone(arch, seed=3).eval()
+    ckpt = save_lightning_ckpt(tmp_path / f"adaface_{arch}.ckpt", backbone.state_dict(), arch=layout)
+    data = tmp_path / "data"
+    proc = facegate("models", "import", ckpt, "--arch", arch, "--data", data, timeout=600)
+    assert proc.returncode == 0, said(proc)
+    card = json.loads((data / "models" / f"adaface-{arch}.json").read_text())
+    assert card["arch"] == arch and card["max_abs_diff"] < 1e-3
+    x = np.random.default_rng(0).standard_normal((3, 3, 112, 112)).astype(np.float32)
+    sess = ort.InferenceSession(str(data / "models" / f"adaface-{arch}.onnx"), providers=["CPUExecutionProvider"])
+    emb, norm = sess.run(["embedding", "norm"], {sess.get_inputs()[0].name: x})
+    with torch.no_grad():
+        t_emb, t_norm = backbone(torch.from_numpy(x))
+    assert np.abs(emb - t_emb.numpy()).max() < 1e-3 and np.abs(norm - t_norm.numpy()).max() < 1e-3 * float(norm.max())

@@ -82,7 +82,7 @@ def test_full_chain_each_level_wins_somewhere(tmp_path, monkeypatch):
     assert s.port == 3  # override > env > file
     assert s.top_k == 2  # env > file
     assert s.hnsw_m == 8  # file > default
-    assert s.hnsw_ef == 64  # default
+    assert s.hnsw_ef == Settings.model_fields["hnsw_ef"].default  # default
 
 
 def test_config_file_from_env(tmp_path, monkeypatch):

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 
 from . import align as al
+from .batching import MicroBatcher
 from .config import Settings
 from .detect import BlazeFaceDetector, Face, pick_main_face
 from .embed import Embedder, FlipTTA, load_embedder
 from .errors import NoFaceError, ReembedError
-from .batching import MicroBatcher
 from .gallery import Gallery, NewFace, Person, clean_name
 from .imageio import ImageLimits, decode_image, encode_jpeg
 from .rank import Decision, rank

@@ -338,7 +338,6 @@ class Gallery:
             if vectors.shape[1] != self.dim:
                 raise ModelMismatchError(f"stored vectors have {vectors.shape[1]} dimensions, model has {self.dim}")
             self._table = _Vectors(ids, persons, vectors)
-            self._person_of = dict(zip(ids.tolist(), persons.tolist()))
             self._generation_loaded = self._generation()
             self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
             index = self._open_index()
@@ -457,7 +456,6 @@ class Gallery:
             if need > cap:
                 self._index.resize_index(max(need, 2 * cap))
             self._index.add_items(vectors, ids, num_threads=1)
-            self._person_of.update((int(f), person_id) for f in face_ids)
             self._table.append(ids, person_id, vectors)
             self._after_write(generation)
 
@@ -472,7 +470,6 @@ class Gallery:
                 self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
                 for fid in ids.tolist():
                     self._index.mark_deleted(int(fid))
-                    self._person_of.pop(int(fid), None)
             self._after_write(generation)
         self._names.pop(person_id, None)
         if len(ids):
@@ -661,11 +658,17 @@ class Gallery:
             hits = [(int(ids[i]), float(sims[i]), int(persons[i])) for i in top]
         else:
             with self._index_lock.read():
-                k = min(k, len(self._person_of))
+                k = min(k, self._table.n)
                 if k == 0:
                     return []
                 labels, dists = self._index.knn_query(q[None], k=k)
-                hits = [(int(f), 1.0 - float(d), self._person_of.get(int(f))) for f, d in zip(labels[0], dists[0])]
+            # Face ids only grow and are kept in order, so a label's owner is found by bisection in the
+            # snapshot; a face added after the snapshot falls outside it and is skipped.
+            pos = np.searchsorted(ids, labels[0])
+            hits = [
+                (int(f), 1.0 - float(d), int(persons[i]) if i < n and ids[i] == f else None)
+                for f, d, i in zip(labels[0], dists[0], pos)
+            ]
         return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid is not None and pid in names]
 
     def close(self) -> None:

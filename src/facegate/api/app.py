@@ -50,9 +50,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = Metrics()
-    metrics.install(app)
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    metrics.install(app)  # outermost: it also counts what the two above refuse
     errors.install(app)
     app.include_router(legacy.router)
     app.include_router(v1.router)

@@ -8,6 +8,8 @@ import time
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .limits import MODEL_ROUTES
+
 _PID = str(os.getpid()).encode()
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 
@@ -64,7 +66,9 @@ class Metrics:
                 try:
                     await self.inner(scope, receive, _send)
                 finally:
-                    label = getattr(scope.get("route"), "path", "unmatched")
+                    route = scope.get("route")
+                    path = scope.get("path", "")
+                    label = route.path if route is not None else (path if path in MODEL_ROUTES else "unmatched")
                     metrics.requests.labels(label, str(status[0])).inc()
                     metrics.latency.labels(label).observe(time.perf_counter() - t0)
 

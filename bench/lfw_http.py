@@ -32,6 +32,12 @@ from facegate.detect import BlazeFaceDetector, pick_main_face
 from facegate.imageio import read_image_file
 
 
+def central_face(detector: BlazeFaceDetector, path: Path):
+    """(photo, the labelled face in it or None): in LFW the labelled person is the face nearest the centre."""
+    img = read_image_file(str(path))
+    return img, pick_main_face(detector.detect(img), img.shape)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,8 +105,7 @@ def main() -> int:
             if args.enroll_crops:
                 images = []
                 for p in photos[: args.enroll]:
-                    img = read_image_file(str(p))
-                    face = pick_main_face(detector.detect(img), img.shape)
+                    img, face = central_face(detector, p)
                     if face is not None:
                         images.append(b64_jpeg(crop_face(img, face, args.margin)[0]))
             else:
@@ -117,8 +122,7 @@ def main() -> int:
         correct = wrong = missed_known = accepted_strangers = n_known = n_strangers_probed = no_face = 0
         latencies = []
         for name, path in probes:
-            img = read_image_file(str(path))
-            face = pick_main_face(detector.detect(img), img.shape)
+            img, face = central_face(detector, path)
             if face is None:
                 no_face += 1
                 continue

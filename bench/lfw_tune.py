@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from facegate import align as al
-from facegate.detect import BlazeFaceDetector, pick_main_face
+from facegate.detect import BlazeFaceDetector
 from facegate.embed import l2_normalize, load_embedder
-from facegate.imageio import read_image_file
 from facegate.metrics import eer, pair_scores, tar_at_far
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lfw_http import central_face  # noqa: E402
 
 
 def main() -> int:
@@ -38,8 +40,7 @@ def main() -> int:
         labels, crops, missed = [], [], 0
         t0 = time.perf_counter()
         for name, path in files:
-            img = read_image_file(str(path))
-            face = pick_main_face(det.detect(img), img.shape)
+            img, face = central_face(det, path)
             if face is None:
                 missed += 1
                 continue

@@ -66,14 +66,13 @@ class FaceRecord:
 
 @dataclass(frozen=True)
 class Person:
+    """A person; ``faces`` is filled by ``get_person`` and left empty in listings (``face_count`` is always set)."""
+
     id: int
     name: str
     created_at: str
+    face_count: int
     faces: tuple[FaceRecord, ...] = ()
-
-    @property
-    def face_count(self) -> int:
-        return len(self.faces)
 
 
 @dataclass(frozen=True)
@@ -596,7 +595,7 @@ class Gallery:
             faces = self._db.execute(
                 "SELECT id, source, created_at, crop IS NOT NULL FROM faces WHERE person_id = ? ORDER BY id", (person_id,)
             ).fetchall()
-        return Person(row[0], row[1], row[2], tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces))
+        return Person(row[0], row[1], row[2], len(faces), tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces))
 
     def find_person(self, name: str) -> Person | None:
         with self._lock:
@@ -607,7 +606,7 @@ class Gallery:
         with self._lock:
             people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
             counts = dict(self._db.execute("SELECT person_id, COUNT(*) FROM faces GROUP BY person_id").fetchall())
-        return [Person(p[0], p[1], p[2], tuple(FaceRecord(0, None, "", False) for _ in range(counts.get(p[0], 0)))) for p in people]
+        return [Person(p[0], p[1], p[2], counts.get(p[0], 0)) for p in people]
 
     def face_crop(self, face_id: int) -> bytes | None:
         with self._lock:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +88,7 @@ class Pipeline:
         self.limits = ImageLimits(max_pixels=settings.max_image_pixels, min_side=settings.min_image_side)
 
     @classmethod
-    def from_settings(cls, settings: Settings, data_dir: Path | None = None, *, batching: bool = False) -> Pipeline:
+    def from_settings(cls, settings: Settings, *, batching: bool = False) -> Pipeline:
         """Load the models and open the gallery (no network access; the models ship in packages).
 
         ``batching``: run the model in one inference thread fed by a bounded queue (the server);
@@ -105,7 +104,7 @@ class Pipeline:
             max_side=settings.max_detect_side,
         )
         gallery = Gallery(
-            data_dir or settings.data_dir,
+            settings.data_dir,
             embedder.model_id,
             embedder.dim,
             exact_search_max=settings.exact_search_max,
@@ -132,9 +131,6 @@ class Pipeline:
         self.detector.close()
 
     # ------------------------------------------------------------------ faces
-    def detect(self, image: np.ndarray) -> list[Face]:
-        return self.detector.detect(image)
-
     def _align_face(self, image: np.ndarray, face: Face) -> LocatedFace:
         return LocatedFace(face, al.align(image, al.blazeface_points(face.keypoints)), "detector")
 

@@ -1,0 +1,286 @@
+// Shared by the pages: API calls (with the optional API key), BlazeFace in the browser, cropping, drawing.
+// Plain ES module, no build step. MediaPipe's face_detection.js is a classic script loaded from this server.
+
+const MEDIAPIPE = "/web/mediapipe";
+const KEY_STORE = "facegate.apiKey";
+
+// ----------------------------------------------------------------------------------- settings
+export function apiKey() {
+  return localStorage.getItem(KEY_STORE) || "";
+}
+
+/** Wires the header's API key field (kept in this browser's localStorage only). */
+export function setupSettings() {
+  const input = document.getElementById("api-key");
+  if (!input) return;
+  input.value = apiKey();
+  input.addEventListener("change", () => {
+    const v = input.value.trim();
+    if (v) localStorage.setItem(KEY_STORE, v);
+    else localStorage.removeItem(KEY_STORE);
+  });
+}
+
+// ----------------------------------------------------------------------------------------- API
+export class ApiError extends Error {
+  /** status 0 means the server could not be reached. */
+  constructor(status, detail, body, retryAfter) {
+    super(status ? `${status}: ${detail}` : detail);
+    this.status = status;
+    this.detail = detail;
+    this.body = body;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** fetch() + JSON, turning the server's JSON errors ({detail, code, field}) into ApiError. */
+export async function api(method, path, body) {
+  const headers = {};
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const key = apiKey();
+  if (key) headers["Authorization"] = `Bearer ${key}`;
+  let r;
+  try {
+    r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  } catch (e) {
+    throw new ApiError(0, `the server cannot be reached (${e.message})`, null, null);
+  }
+  let data = null;
+  const text = await r.text();
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null;
+  }
+  if (!r.ok) {
+    let detail = data && data.detail !== undefined ? data.detail : text || r.statusText;
+    if (typeof detail !== "string") detail = JSON.stringify(detail);
+    const ra = parseFloat(r.headers.get("Retry-After"));
+    throw new ApiError(r.status, detail, data, Number.isFinite(ra) ? ra : null);
+  }
+  return data;
+}
+
+/** An image behind the API (e.g. a face crop) as an object URL, so the API key header goes with it. */
+export async function fetchImageURL(path) {
+  const headers = {};
+  const key = apiKey();
+  if (key) headers["Authorization"] = `Bearer ${key}`;
+  const r = await fetch(path, { headers });
+  if (!r.ok) throw new ApiError(r.status, r.statusText, null, null);
+  return URL.createObjectURL(await r.blob());
+}
+
+// ------------------------------------------------------------------------------------- stats
+/** Per-frame figures the pages expose as window.facegate.stats (read by the tests, shown on screen). */
+export const stats = {
+  frames: 0,
+  detectMs: [],
+  predictions: 0,
+  lastResult: null,
+  lastError: null,
+  faces: 0,
+  get meanDetectMs() {
+    const a = this.detectMs;
+    return a.length ? a.reduce((s, v) => s + v, 0) / a.length : null;
+  },
+  get medianDetectMs() {
+    const a = [...this.detectMs].sort((x, y) => x - y);
+    return a.length ? a[Math.floor(a.length / 2)] : null;
+  },
+};
+window.facegate = { stats, ready: false };
+
+// ---------------------------------------------------------------------------------- detector
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const s = document.createElement("script");
+    s.src = src;
+    s.onload = resolve;
+    s.onerror = () => reject(new Error(`could not load ${src} from this server (were the MediaPipe assets installed with npm ci?)`));
+    document.head.appendChild(s);
+  });
+}
+
+/**
+ * BlazeFace (MediaPipe's web build) running in this browser. Every file it needs (wasm, tflite,
+ * graph) is fetched from this server through locateFile: nothing comes from a CDN.
+ * detect(source) returns faces in the source's pixels: {box:[x1,y1,x2,y2], score, keypoints:[[x,y]x6], eyes}.
+ */
+export async function createDetector({ model = "short", minConfidence = 0.5 } = {}) {
+  if (!window.FaceDetection) await loadScript(`${MEDIAPIPE}/face_detection.js`);
+  const fd = new window.FaceDetection({ locateFile: (file) => `${MEDIAPIPE}/${file}` });
+  fd.setOptions({ model, minDetectionConfidence: minConfidence, selfieMode: false });
+  let latest = null;
+  fd.onResults((r) => {
+    latest = r;
+  });
+  await fd.initialize();
+  let busy = Promise.resolve();
+
+  async function detectOnce(source) {
+    const w = source.videoWidth || source.naturalWidth || source.width;
+    const h = source.videoHeight || source.naturalHeight || source.height;
+    if (!w || !h) return [];
+    latest = null;
+    const t0 = performance.now();
+    await fd.send({ image: source });
+    const ms = performance.now() - t0;
+    stats.frames += 1;
+    stats.detectMs.push(ms);
+    if (stats.detectMs.length > 500) stats.detectMs.shift();
+    const dets = (latest && latest.detections) || [];
+    const faces = dets.map((d) => {
+      const b = d.boundingBox;
+      const box = [(b.xCenter - b.width / 2) * w, (b.yCenter - b.height / 2) * h, (b.xCenter + b.width / 2) * w, (b.yCenter + b.height / 2) * h];
+      const keypoints = (d.landmarks || []).map((p) => [p.x * w, p.y * h]);
+      const eyes = keypoints.slice(0, 2).sort((p, q) => p[0] - q[0]); // image-left eye first, as /predict expects
+      const score = Array.isArray(d.score) ? d.score[0] : d.score ?? null;
+      return { box, score, keypoints, eyes };
+    });
+    stats.faces = faces.length;
+    return faces;
+  }
+
+  return {
+    // One frame at a time: the graph is not re-entrant.
+    detect(source) {
+      const run = busy.then(() => detectOnce(source));
+      busy = run.catch(() => {});
+      return run;
+    },
+    close: () => fd.close(),
+  };
+}
+
+// ------------------------------------------------------------------------------- face helpers
+export const area = (f) => Math.max(0, f.box[2] - f.box[0]) * Math.max(0, f.box[3] - f.box[1]);
+
+/** The face the frame is about: the largest (nearest the camera). */
+export function bestFace(faces) {
+  return faces.reduce((best, f) => (!best || area(f) > area(best) ? f : best), null);
+}
+
+/**
+ * The face's box grown by `margin` of its size on each side (clipped to the source) as a JPEG,
+ * with the eye points in the crop's pixels: the reference client's /predict body.
+ * FaceGate's clients send a 25% margin (see the README on alignment).
+ */
+export function cropFace(source, face, margin = 0.25, quality = 0.9) {
+  const W = source.videoWidth || source.naturalWidth || source.width;
+  const H = source.videoHeight || source.naturalHeight || source.height;
+  const [x1, y1, x2, y2] = face.box;
+  const mx = (x2 - x1) * margin;
+  const my = (y2 - y1) * margin;
+  const left = Math.max(0, Math.floor(x1 - mx));
+  const top = Math.max(0, Math.floor(y1 - my));
+  const right = Math.min(W, Math.ceil(x2 + mx));
+  const bottom = Math.min(H, Math.ceil(y2 + my));
+  const c = document.createElement("canvas");
+  c.width = Math.max(1, right - left);
+  c.height = Math.max(1, bottom - top);
+  c.getContext("2d").drawImage(source, left, top, c.width, c.height, 0, 0, c.width, c.height);
+  const dataURL = c.toDataURL("image/jpeg", quality);
+  return {
+    dataURL,
+    base64: dataURL.slice(dataURL.indexOf(",") + 1),
+    eyes: face.eyes.map(([x, y]) => [x - left, y - top]),
+  };
+}
+
+export function predictBody(source, face, fileName = "frame.jpg", margin = 0.25) {
+  const crop = cropFace(source, face, margin);
+  const body = { file_name: fileName, image: crop.base64 };
+  if (crop.eyes.length === 2) {
+    body.keypoints_x1 = crop.eyes[0][0];
+    body.keypoints_y1 = crop.eyes[0][1];
+    body.keypoints_x2 = crop.eyes[1][0];
+    body.keypoints_y2 = crop.eyes[1][1];
+  }
+  return body;
+}
+
+/** Mean luma (0..255) inside the face box, for "too dark" guidance. */
+export function meanLuma(source, face) {
+  const [x1, y1, x2, y2] = face.box;
+  const c = document.createElement("canvas");
+  c.width = 32;
+  c.height = 32;
+  const ctx = c.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(source, Math.max(0, x1), Math.max(0, y1), Math.max(1, x2 - x1), Math.max(1, y2 - y1), 0, 0, 32, 32);
+  const d = ctx.getImageData(0, 0, 32, 32).data;
+  let s = 0;
+  for (let i = 0; i < d.length; i += 4) s += 0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2];
+  return s / (d.length / 4);
+}
+
+// ------------------------------------------------------------------------------------ drawing
+/** Boxes, the six keypoints and an optional label per face, in the source's pixels. */
+export function drawFaces(canvas, faces, labelFor = () => null) {
+  const ctx = canvas.getContext("2d");
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  const lw = Math.max(2, canvas.width / 250);
+  faces.forEach((f, i) => {
+    const label = labelFor(f, i);
+    const color = label ? label.color : "#3fa9f5";
+    const [x1, y1, x2, y2] = f.box;
+    ctx.lineWidth = lw;
+    ctx.strokeStyle = color;
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillStyle = "#ffd400";
+    for (const [x, y] of f.keypoints) {
+      ctx.beginPath();
+      ctx.arc(x, y, lw * 1.2, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+    if (label) {
+      const size = Math.max(14, canvas.width / 28);
+      ctx.font = `bold ${size}px system-ui, sans-serif`;
+      const tw = ctx.measureText(label.text).width + size * 0.6;
+      const ty = Math.max(0, y1 - size * 1.4);
+      ctx.fillStyle = color;
+      ctx.fillRect(x1, ty, tw, size * 1.4);
+      ctx.fillStyle = "#fff";
+      ctx.fillText(label.text, x1 + size * 0.3, ty + size * 1.05);
+    }
+  });
+}
+
+/** How a /predict answer reads on screen: the name, or "unknown" plainly, with the similarity. */
+export function describe(result) {
+  const sim = typeof result.similarity === "number" ? result.similarity.toFixed(2) : "?";
+  return result.status === "recognized" || (result.user_name && result.user_name !== "unknown")
+    ? { text: `${result.user_name} (${sim})`, color: "#1e9e4a", known: true }
+    : { text: `unknown (${sim})`, color: "#d9342b", known: false };
+}
+
+// ------------------------------------------------------------------------------------- camera
+/** The camera (the front one on phones). getUserMedia needs https:// or localhost. */
+export async function startCamera(video) {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error(
+      "this browser gives no camera on this page: cameras need a secure context, i.e. https:// or http://localhost (see the README)",
+    );
+  }
+  const stream = await navigator.mediaDevices.getUserMedia({
+    video: { facingMode: "user", width: { ideal: 640 }, height: { ideal: 480 } },
+    audio: false,
+  });
+  video.srcObject = stream;
+  video.muted = true;
+  video.playsInline = true;
+  await video.play();
+  if (!video.videoWidth) await new Promise((r) => video.addEventListener("loadedmetadata", r, { once: true }));
+  return stream;
+}
+
+export function showMessage(el, text, kind = "info") {
+  el.textContent = text;
+  el.className = `message ${kind}`;
+  el.hidden = !text;
+}
+
+export function statsLine() {
+  const m = stats.meanDetectMs;
+  return m === null ? "" : `BlazeFace in this browser: ${m.toFixed(1)} ms/frame (mean of ${stats.detectMs.length}), ${stats.frames} frames`;
+}

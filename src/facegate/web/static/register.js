@@ -1,0 +1,136 @@
+// Register page: live guidance (face present, big enough, centred, lit), then 3 photos with a
+// visible countdown, sent to /register; the server's answer is shown, a rejected photo marked.
+import { api, bestFace, createDetector, cropFace, drawFaces, meanLuma, setupSettings, showMessage, startCamera, statsLine } from "/web/static/common.js";
+
+const $ = (id) => document.getElementById(id);
+const video = $("video");
+const overlay = $("overlay");
+const guidanceEl = $("guidance");
+const messageEl = $("message");
+const countdownEl = $("countdown");
+const FIELDS = ["first_img", "sec_img", "third_img"];
+const params = new URLSearchParams(location.search);
+const TICK_MS = parseInt(params.get("tick") || "700", 10); // one countdown step
+
+setupSettings();
+let detector = null;
+let lastFace = null;
+let lastAdvice = null; // null when the face is good to take
+let capturing = false;
+
+/** What is wrong with the frame for an enrolment photo, or null when it is fine. */
+function advise(faces) {
+  if (!faces.length) return "No face: look at the camera";
+  if (faces.length > 1) return "More than one face: only the person registering, please";
+  const f = faces[0];
+  const W = video.videoWidth;
+  const H = video.videoHeight;
+  const fw = f.box[2] - f.box[0];
+  if (fw < 0.18 * Math.min(W, H)) return "Face too small: come closer";
+  const cx = (f.box[0] + f.box[2]) / 2 / W - 0.5;
+  const cy = (f.box[1] + f.box[3]) / 2 / H - 0.5;
+  if (Math.abs(cx) > 0.22 || Math.abs(cy) > 0.25) return "Face off-centre: move into the middle";
+  if (meanLuma(video, f) < 55) return "Too dark: face a light";
+  return null;
+}
+
+async function loop() {
+  try {
+    if (video.readyState >= 2 && video.videoWidth) {
+      if (overlay.width !== video.videoWidth) {
+        overlay.width = video.videoWidth;
+        overlay.height = video.videoHeight;
+      }
+      const faces = await detector.detect(video);
+      lastFace = bestFace(faces);
+      lastAdvice = advise(faces);
+      drawFaces(overlay, faces, () => ({ text: lastAdvice ? "adjust" : "good", color: lastAdvice ? "#e08a00" : "#1e9e4a" }));
+      if (!capturing) {
+        guidanceEl.textContent = lastAdvice || "Good: press “Take 3 photos”";
+        guidanceEl.className = `guidance ${lastAdvice ? "warn" : "ok"}`;
+      }
+      $("stats").textContent = statsLine();
+    }
+  } catch (e) {
+    showMessage(messageEl, `Detection failed: ${e.message}`, "error");
+  }
+  requestAnimationFrame(loop);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits for good guidance, counts down from `from`, then takes one crop (50% margin around the face). */
+async function takeOne(index, from) {
+  while (lastAdvice) {
+    guidanceEl.textContent = `Photo ${index + 1} of 3 — ${lastAdvice}`;
+    guidanceEl.className = "guidance warn";
+    await sleep(100);
+  }
+  countdownEl.hidden = false;
+  for (let n = from; n > 0; n--) {
+    countdownEl.textContent = String(n);
+    guidanceEl.textContent = `Photo ${index + 1} of 3 in ${n}…`;
+    guidanceEl.className = "guidance ok";
+    await sleep(TICK_MS);
+  }
+  countdownEl.hidden = true;
+  while (!lastFace || lastAdvice) await sleep(50);
+  return cropFace(video, lastFace, 0.5, 0.92);
+}
+
+async function register(name) {
+  capturing = true;
+  $("start").disabled = true;
+  showMessage(messageEl, "");
+  const shots = $("shots");
+  shots.innerHTML = "";
+  try {
+    const images = [];
+    for (let i = 0; i < 3; i++) {
+      const shot = await takeOne(i, i === 0 ? 3 : 2);
+      images.push(shot.base64);
+      const img = document.createElement("img");
+      img.src = shot.dataURL;
+      img.alt = `photo ${i + 1}`;
+      img.dataset.field = FIELDS[i];
+      shots.appendChild(img);
+    }
+    guidanceEl.textContent = "Sending…";
+    const body = { user_name: name, first_img: images[0], sec_img: images[1], third_img: images[2] };
+    const r = await api("POST", "/register", body);
+    showMessage(messageEl, `Registered ${r.user_name} (person #${r.person_id}, ${r.faces} faces). ${r.message || ""}`, "ok");
+    guidanceEl.textContent = "Done";
+  } catch (e) {
+    // The server's own words: e.g. "sec_img: no face detected", or a name already taken.
+    const field = e.body && e.body.field;
+    for (const img of shots.querySelectorAll("img")) img.classList.toggle("rejected", img.dataset.field === field);
+    const which = FIELDS.includes(field) ? ` (photo ${FIELDS.indexOf(field) + 1} was rejected)` : "";
+    showMessage(messageEl, `Not registered — ${e.message}${which}`, "error");
+    guidanceEl.textContent = "Try again";
+  } finally {
+    capturing = false;
+    countdownEl.hidden = true;
+    $("start").disabled = false;
+  }
+}
+
+$("form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const name = $("name").value.trim();
+  if (!name) {
+    showMessage(messageEl, "Enter the person's name first", "error");
+    return;
+  }
+  if (!capturing) register(name);
+});
+
+try {
+  detector = await createDetector();
+  await startCamera(video);
+  $("start").disabled = false;
+  window.facegate.ready = true;
+  requestAnimationFrame(loop);
+} catch (e) {
+  guidanceEl.textContent = "Camera or face detection unavailable";
+  showMessage(messageEl, e.message, "error");
+}

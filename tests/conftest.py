@@ -211,3 +211,39 @@ def lfw_dir() -> Path:
 
 
 # ============================== end of server fixtures ===============================
+
+
+# =====================================================================================
+# Edge-client fixtures (test_web_e2e / test_camera_client): camera-like 640x480 frames of two
+# real people, the face centred and filling about a third of the frame's height.
+# Names: face_frame, astronaut_frame, other_frame.
+# =====================================================================================
+
+
+def face_frame(image: np.ndarray, face, size: tuple[int, int] = (640, 480), face_height: int = 170) -> np.ndarray:
+    """``image`` scaled so the face box is ``face_height`` px tall, pasted with the face centred on a grey frame."""
+    import cv2
+
+    w, h = size
+    scale = face_height / face.height
+    scaled = cv2.resize(np.ascontiguousarray(image), None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    cx, cy = (face.box[0] + face.box[2]) / 2 * scale, (face.box[1] + face.box[3]) / 2 * scale
+    frame = np.full((h, w, 3), 128, np.uint8)
+    dx, dy = int(round(w / 2 - cx)), int(round(h / 2 - cy))  # where the scaled image's origin lands
+    sx0, sy0 = max(0, -dx), max(0, -dy)
+    sx1, sy1 = min(scaled.shape[1], w - dx), min(scaled.shape[0], h - dy)
+    frame[sy0 + dy : sy1 + dy, sx0 + dx : sx1 + dx] = scaled[sy0:sy1, sx0:sx1]
+    return frame
+
+
+@pytest.fixture(scope="session")
+def astronaut_frame(astronaut, astronaut_face) -> np.ndarray:
+    return face_frame(astronaut, astronaut_face)
+
+
+@pytest.fixture(scope="session")
+def other_frame(other_face, detector) -> np.ndarray:
+    return face_frame(other_face, detector.detect(np.ascontiguousarray(other_face))[0])
+
+
+# ============================ end of edge-client fixtures ============================

@@ -25,8 +25,9 @@ let mode = "camera";
 let stream = null;
 let nextSendAt = 0; // performance.now() before which no /predict is sent
 let inFlight = false;
-let shown = null; // {label, at}: the last answer, drawn over the face for a while
+let shown = null; // {label, at}: the last answer, drawn over the face while a face is in view
 let seq = 0;
+let missed = 0; // frames in a row without a face
 
 function setResult(text, kind) {
   resultEl.textContent = text;
@@ -66,10 +67,11 @@ async function cameraLoop() {
       }
       const faces = await detector.detect(video);
       const best = bestFace(faces);
-      const fresh = shown && performance.now() - shown.at < 2000 ? shown.label : null;
-      drawFaces(overlay, faces, (f) => (f === best ? fresh : null));
+      missed = best ? 0 : missed + 1;
+      if (missed >= 5) shown = null; // the answer belongs to the face in view: gone with it (a missed frame or two is not)
+      drawFaces(overlay, faces, (f) => (f === best && shown ? shown.label : null));
       if (!best) {
-        if (!fresh) setResult("No face in view", "");
+        if (missed >= 5) setResult("No face in view", "");
       } else if (!inFlight && performance.now() >= nextSendAt) {
         sendPredict(best); // not awaited: detection and drawing go on while the server answers
       }

@@ -97,8 +97,19 @@ async function register(name) {
     }
     guidanceEl.textContent = "Sending…";
     const body = { user_name: name, first_img: images[0], sec_img: images[1], third_img: images[2] };
-    const r = await api("POST", "/register", body);
-    showMessage(messageEl, `Registered ${r.user_name} (person #${r.person_id}, ${r.faces} faces). ${r.message || ""}`, "ok");
+    let r = null;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        r = await api("POST", "/register", body);
+        break;
+      } catch (e) {
+        if (e.status !== 503 || attempt >= 5) throw e;
+        // Busy: wait as long as the server asks, then try again.
+        guidanceEl.textContent = `Server busy, retrying in ${e.retryAfter || 1} s (${attempt}/4)…`;
+        await sleep(1000 * (e.retryAfter || 1));
+      }
+    }
+    showMessage(messageEl, `Registered ${r.user_name} (person #${r.person_id}, ${r.faces} faces).`, "ok");
     guidanceEl.textContent = "Done";
   } catch (e) {
     // The server's own words: e.g. "sec_img: no face detected", or a name already taken.

@@ -216,7 +216,7 @@ def lfw_dir() -> Path:
 # =====================================================================================
 # Edge-client fixtures (test_web_e2e / test_camera_client): camera-like 640x480 frames of two
 # real people, the face centred and filling about a third of the frame's height.
-# Names: face_frame, astronaut_frame, other_frame.
+# Names: face_frame, astronaut_frame, other_frame, predict_count, MetricsPoller (samples /metrics).
 # =====================================================================================
 
 
@@ -244,6 +244,58 @@ def astronaut_frame(astronaut, astronaut_face) -> np.ndarray:
 @pytest.fixture(scope="session")
 def other_frame(other_face, detector) -> np.ndarray:
     return face_frame(other_face, detector.detect(np.ascontiguousarray(other_face))[0])
+
+
+import threading  # noqa: E402
+
+
+def predict_count(metrics_text: str) -> int:
+    """Requests the server answered on /predict, any status, from its Prometheus counters."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith("facegate_requests_total{") and 'route="/predict"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+class MetricsPoller:
+    """Samples the server's /predict counter every ~50 ms: (sent at, received at, count).
+
+    A counter read between sending the poll and its answer, so the requests counted between two
+    samples i < j were answered within (sent_i, received_j]."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.samples: list[tuple[float, float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            while not self._stop.is_set():
+                t0 = time.monotonic()
+                count = predict_count(http.get("/metrics").text)
+                self.samples.append((t0, time.monotonic(), count))
+                self._stop.wait(0.05)
+
+    def __enter__(self) -> "MetricsPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def most_within(self, window_s: float) -> int:
+        """The most requests counted in any span of the samples shorter than ``window_s``."""
+        most = 0
+        s = self.samples
+        for i in range(len(s)):
+            for j in range(i + 1, len(s)):
+                if s[j][1] - s[i][0] >= window_s:
+                    break
+                most = max(most, s[j][2] - s[i][2])
+        return most
 
 
 # ============================ end of edge-client fixtures ============================

@@ -238,10 +238,11 @@ export function drawFaces(canvas, faces, labelFor = () => null) {
       ctx.font = `bold ${size}px system-ui, sans-serif`;
       const tw = ctx.measureText(label.text).width + size * 0.6;
       const ty = Math.max(0, y1 - size * 1.4);
+      const tx = Math.max(0, Math.min(x1, canvas.width - tw)); // keep the label inside the picture
       ctx.fillStyle = color;
-      ctx.fillRect(x1, ty, tw, size * 1.4);
+      ctx.fillRect(tx, ty, tw, size * 1.4);
       ctx.fillStyle = "#fff";
-      ctx.fillText(label.text, x1 + size * 0.3, ty + size * 1.05);
+      ctx.fillText(label.text, tx + size * 0.3, ty + size * 1.05);
     }
   });
 }

@@ -85,6 +85,14 @@ def blazeface_points(keypoints: np.ndarray) -> np.ndarray:
     return kp[:4]
 
 
+def face_points(keypoints: np.ndarray) -> np.ndarray:
+    """Alignment points of a detector's keypoints: BlazeFace's (6, 2) -> 4 points, YuNet's (5, 2) -> all 5."""
+    kp = np.asarray(keypoints, dtype=np.float64)
+    if kp.shape == (5, 2):
+        return kp
+    return blazeface_points(kp)
+
+
 def eye_points(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:
     """Two eye centres as sent by the reference clients, ordered image-left first whatever order they came in."""
     pts = np.array([[x1, y1], [x2, y2]], dtype=np.float64)

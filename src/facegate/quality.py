@@ -1,0 +1,135 @@
+"""Per-face quality signals and the accept / retry decision.
+
+A face recognised from a blurred, dark, tiny or turned crop is a guess; a guess stored at
+enrolment spoils every later search. Each signal here is cheap and measurable on what the
+pipeline already has (the detection, its keypoints and the aligned 112x112 crop), and each
+threshold lives in ``Settings`` and was chosen from ``facegate eval --compare`` figures
+(README, "Accuracy"). Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+#: The central part of the aligned crop that is face in the ArcFace template (skips hair, background, warp borders).
+_CORE = (slice(24, 104), slice(20, 92))
+
+
+@dataclass(frozen=True)
+class Quality:
+    """Measured signals of one located face. ``None`` means not measurable on this path."""
+
+    #: Side, in input-image pixels, of the region the 112x112 aligned crop was taken from (below 112: upsampled).
+    face_px: float
+    #: Detector confidence (None when only the client's eye points aligned the face).
+    det_score: float | None
+    #: Variance of the Laplacian of the crop's grey core over the core's variance (x100): low for blurred or upsampled faces.
+    sharpness: float
+    #: Mean grey level (0..255) of the crop's core.
+    brightness: float
+    #: Share of the core's pixels that are black (<= 8) or white (>= 247).
+    clipped: float
+    #: Head turn left/right estimated from the nose tip's offset between the eyes, degrees (None without a nose point).
+    yaw: float | None
+    #: Tilt of the eye line, degrees.
+    roll: float
+    #: Embedding feature norm (AdaFace: low for poor faces); None for models without that meaning.
+    feature_norm: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Limits below/above which a face is refused (a ``None`` limit is not checked)."""
+
+    min_face_px: float | None = None
+    min_det_score: float | None = None
+    min_sharpness: float | None = None
+    min_brightness: float | None = None
+    max_brightness: float | None = None
+    max_clipped: float | None = None
+    max_yaw: float | None = None
+    max_roll: float | None = None
+    min_feature_norm: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision on one face: ``ok``, or the reasons it is not, for people (e.g. "too dark: brightness 21 < 40")."""
+
+    quality: Quality
+    reasons: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons
+
+
+def pose_from_points(points: np.ndarray) -> tuple[float | None, float]:
+    """(yaw, roll) in degrees from alignment points (eyes first, then the nose tip if present).
+
+    Roll is the eye line's angle. Yaw comes from how far the nose tip sits from the eyes'
+    midpoint along the eye line, in inter-eye distances: on a frontal face 0; the nose
+    projects about 0.5 inter-eye distances sideways per radian of turn (a head-model estimate,
+    good to a few degrees up to ~45, saturating beyond; used only as a gate).
+    """
+    p = np.asarray(points, dtype=np.float64)
+    d = p[1] - p[0]
+    iod = float(np.hypot(*d))
+    roll = float(np.degrees(np.arctan2(d[1], d[0])))
+    if p.shape[0] < 3 or iod < 1e-6:
+        return None, roll
+    u = d / iod
+    offset = float((p[2] - (p[0] + p[1]) / 2) @ u) / iod
+    yaw = float(np.degrees(np.arcsin(np.clip(offset / 0.5, -1.0, 1.0))))
+    return yaw, roll
+
+
+def measure(aligned: np.ndarray, matrix: np.ndarray, points: np.ndarray, det_score: float | None) -> Quality:
+    """Quality signals of one face from its aligned crop, the 2x3 alignment matrix and its alignment points."""
+    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(matrix, dtype=np.float64)[:, :2]))))
+    face_px = aligned.shape[0] / max(scale, 1e-9)
+    grey = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2GRAY)
+    core = grey[_CORE]
+    # Divided by the core's own contrast so that a dim face is called dark, not blurred.
+    sharpness = float(100.0 * cv2.Laplacian(core, cv2.CV_64F).var() / max(float(core.astype(np.float64).var()), 1.0))
+    clipped = float(np.mean((core <= 8) | (core >= 247)))
+    yaw, roll = pose_from_points(points)
+    return Quality(
+        face_px=float(face_px),
+        det_score=None if det_score is None else float(det_score),
+        sharpness=sharpness,
+        brightness=float(core.mean()),
+        clipped=clipped,
+        yaw=yaw,
+        roll=roll,
+    )
+
+
+def judge(q: Quality, t: QualityThresholds) -> Verdict:
+    """Every threshold ``q`` fails, as reasons a person can act on."""
+    r: list[str] = []
+    if t.min_face_px is not None and q.face_px < t.min_face_px:
+        r.append(f"face too small: {q.face_px:.0f} px < {t.min_face_px:.0f} (move closer)")
+    if t.min_det_score is not None and q.det_score is not None and q.det_score < t.min_det_score:
+        r.append(f"face barely detected: score {q.det_score:.2f} < {t.min_det_score:.2f}")
+    if t.min_brightness is not None and q.brightness < t.min_brightness:
+        r.append(f"too dark: brightness {q.brightness:.0f} < {t.min_brightness:.0f} (add light)")
+    if t.max_brightness is not None and q.brightness > t.max_brightness:
+        r.append(f"too bright: brightness {q.brightness:.0f} > {t.max_brightness:.0f}")
+    if t.max_clipped is not None and q.clipped > t.max_clipped:
+        r.append(f"over- or under-exposed: {q.clipped:.0%} of the face clipped > {t.max_clipped:.0%}")
+    if t.min_sharpness is not None and q.sharpness < t.min_sharpness:
+        r.append(f"blurred: sharpness {q.sharpness:.0f} < {t.min_sharpness:.0f} (hold still, focus)")
+    if t.max_yaw is not None and q.yaw is not None and abs(q.yaw) > t.max_yaw:
+        r.append(f"head turned: yaw {abs(q.yaw):.0f} deg > {t.max_yaw:.0f} (look at the camera)")
+    if t.max_roll is not None and abs(q.roll) > t.max_roll:
+        r.append(f"head tilted: roll {abs(q.roll):.0f} deg > {t.max_roll:.0f}")
+    if t.min_feature_norm is not None and q.feature_norm is not None and q.feature_norm < t.min_feature_norm:
+        r.append(f"unclear face: feature norm {q.feature_norm:.1f} < {t.min_feature_norm:.1f}")
+    return Verdict(q, tuple(r))

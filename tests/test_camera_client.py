@@ -131,9 +131,23 @@ def test_client_registers_and_names_people_within_two_requests_per_second(
     assert rc == 1 and refused and refused[0]["status"] == 409, (events, err)
     assert NAME.lower() in refused[0]["detail"].lower() or "already" in refused[0]["detail"].lower()
 
+    # Photos, read as a person would (rich text, not --json): every face named, or "unknown".
+    photo = tmp_path / "two-people.jpg"
+    cv2.imwrite(str(photo), np.hstack([astronaut_frame, other_frame])[:, :, ::-1])
+    p = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "client", "--server", server.url, "--image", str(photo), "--image", str(enrol_video)],
+        capture_output=True, text=True, timeout=120, env=client_env(),
+    )
+    assert p.returncode == 0, p.stderr
+    lines = [line for line in p.stdout.splitlines() if "two-people.jpg face" in line]
+    assert len(lines) == 2 and any(NAME in line for line in lines) and any("unknown" in line for line in lines), p.stdout
+    assert "enrol.mp4" in p.stderr and "not a decodable image" in p.stderr  # reported; the run went on
+
     # 8 s of the enrolled person, then 8 s of somebody else, played at 10 fps.
     split = 8 * FPS
     video = write_video(tmp_path / "two-people.mp4", [astronaut_frame] * split + [other_frame] * split)
+    with server.client() as http:
+        before = predict_count(http.get("/metrics").text)
     with MetricsPoller(server.url) as poller:
         t0 = time.monotonic()
         rc, events, err = run_client("--server", server.url, "--video", str(video))
@@ -152,7 +166,7 @@ def test_client_registers_and_names_people_within_two_requests_per_second(
 
     # Counted by the server: every request the client made, and never more than 2 within a second.
     with server.client() as http:
-        served = predict_count(http.get("/metrics").text)
+        served = predict_count(http.get("/metrics").text) - before
     sent = len(results) + sum(e["event"] in ("error", "unreachable") for e in events)
     assert served == sent, (served, sent)
     most = poller.most_within(1.0)

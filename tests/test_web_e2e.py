@@ -136,6 +136,7 @@ def test_register_in_browser_then_live_page_names_her_and_a_stranger_is_unknown(
         with server.client() as http:
             people = http.get("/v1/people").json()["people"]
         assert [(p["name"], p["face_count"]) for p in people] == [(NAME, 3)]
+        page.context.close()  # its detection loop would share the cores with the live page's
 
         live = b.page()
         with MetricsPoller(server.url) as poller:
@@ -182,6 +183,7 @@ def test_register_in_browser_then_live_page_names_her_and_a_stranger_is_unknown(
         assert any(NAME in t for t in items) and any("unknown" in t for t in items), items
         assert fits_width(live)
         shot(live, "live-page-photo-mode.png")
+        live.context.close()
 
         gallery = b.page()
         gallery.goto(server.url + "/gallery")

@@ -29,7 +29,7 @@ MAX_BACKOFF_S = 5.0
 
 
 class ClientError(Exception):
-    """The server refused a request for a reason retrying will not fix (4xx)."""
+    """The server refused a request for a reason retrying will not fix (4xx), or could not be reached at all (status 0)."""
 
     def __init__(self, status: int, detail: str, field: str | None = None) -> None:
         super().__init__(f"{status}: {detail}")
@@ -233,8 +233,11 @@ def recognize_stream(
     return answers
 
 
-def recognize_images(detector, http: Throttled, paths: list[Path], out: Reporter, margin: float = 0.25) -> int:
-    """Names every face of each photo (same throttle: one request per interval)."""
+def recognize_images(
+    detector, http: Throttled, paths: list[Path], out: Reporter, margin: float = 0.25, give_up_after: int = 8
+) -> int:
+    """Names every face of each photo (same throttle: one request per interval). A server that stays
+    unreachable for ``give_up_after`` attempts in a row (about 25 s of backoff) ends the run: a script must not hang."""
     from .client import predict_payload
     from .imageio import decode_image
 
@@ -256,6 +259,8 @@ def recognize_images(detector, http: Throttled, paths: list[Path], out: Reporter
                 if outcome.result is not None:
                     answers += 1
                     break
+                if http.failures >= give_up_after:
+                    raise ClientError(0, f"the server at {http.http.base_url} cannot be reached; gave up after {http.failures} attempts")
     return answers
 
 
@@ -299,7 +304,7 @@ def register(http: Throttled, name: str, shots: list[np.ndarray], out: Reporter,
         if outcome.result is not None:
             return outcome.result
         _handle(outcome, "register", out)
-    raise ClientError(503, f"no answer from the server after {attempts} attempts")
+    raise ClientError(0 if http.failures else 503, f"no answer from the server after {attempts} attempts")
 
 
 # -------------------------------------------------------------------------------------- CLI
@@ -332,7 +337,8 @@ def _run(fn: Callable[[], int]) -> None:
         Console(stderr=True).print(f"[red]refused ({exc.status}):[/red] {escape(exc.detail)} — check --api-key / FACEGATE_API_KEY")
         raise typer.Exit(3) from None
     except ClientError as exc:
-        Console(stderr=True).print(f"[red]refused ({exc.status}):[/red] {escape(exc.detail)}")
+        what = f"refused ({exc.status})" if exc.status else "error"
+        Console(stderr=True).print(f"[red]{what}:[/red] {escape(exc.detail)}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -232,3 +232,28 @@ def test_wheel_ships_the_web_app_and_mediapipe_assets(tmp_path):
     for asset in ("face_detection.js", "face_detection_short_range.tflite", "face_detection_short.binarypb",
                   "face_detection_solution_simd_wasm_bin.wasm", "face_detection_solution_wasm_bin.wasm"):
         assert mp + asset in names, f"{asset} is not in the wheel"
+
+
+def test_pages_and_a_clear_answer_when_the_assets_are_missing(monkeypatch, tmp_path):
+    """The pages are served as HTML; without `npm ci` the asset URLs say how to install them."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    installed = FastAPI()
+    web.mount(installed)
+    with TestClient(installed) as http:
+        for path in ("/", "/register", "/gallery"):
+            r = http.get(path)
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+            assert '<script type="module"' in r.text
+        r = http.get("/web/mediapipe/face_detection_short_range.tflite")
+        assert r.status_code == 200 and len(r.content) > 100_000
+        assert http.get("/web/static/../__init__.py").status_code == 404
+
+    monkeypatch.setattr(web, "MEDIAPIPE_DIR", tmp_path / "not-installed")
+    bare = FastAPI()
+    web.mount(bare)
+    with TestClient(bare) as http:
+        r = http.get("/web/mediapipe/face_detection.js")
+        assert r.status_code == 404 and "npm ci" in r.json()["detail"]
+        assert http.get("/").status_code == 200  # the page still loads, and shows the error it gets

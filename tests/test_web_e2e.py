@@ -257,3 +257,41 @@ def test_pages_and_a_clear_answer_when_the_assets_are_missing(monkeypatch, tmp_p
         r = http.get("/web/mediapipe/face_detection.js")
         assert r.status_code == 404 and "npm ci" in r.json()["detail"]
         assert http.get("/").status_code == 200  # the page still loads, and shows the error it gets
+
+
+@needs_chromium
+def test_web_app_asks_for_a_key_once_and_keeps_it(start_server, tmp_path, astronaut_frame, astronaut_payloads):
+    """With keys on, the gallery page says a key is needed and opens the key field; once typed, the key
+    is kept in this browser and sent with every call (thumbnails included), across reloads."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    data = tmp_path / "keyed"
+    made = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "keys", "create", "--role", "admin", "--data", str(data)],
+        capture_output=True, text=True, env=env, check=True,
+    )
+    admin = made.stdout.strip()
+    server = start_server(data)
+    with server.client(headers={"Authorization": f"Bearer {admin}"}) as http:
+        assert http.post("/register", json=astronaut_payloads[0]).status_code == 200
+    b = Browser(write_y4m(tmp_path / "cam.y4m", [astronaut_frame] * 2))
+    try:
+        page = b.page()
+        page.goto(server.url + "/gallery")
+        page.wait_for_selector("#message.error")
+        assert "API key" in page.inner_text("#message")
+        assert page.evaluate("() => document.activeElement && document.activeElement.id") == "api-key"
+        assert page.locator("details.settings").get_attribute("open") is not None
+        page.fill("#api-key", admin)
+        page.dispatch_event("#api-key", "change")
+        page.reload()
+        page.wait_for_function("() => document.querySelectorAll('.person').length === 1")
+        assert page.inner_text(".person-name") == NAME
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.thumbs img')].filter(i => i.complete && i.naturalWidth === 112).length === 3"
+        )
+        assert page.evaluate("() => localStorage.getItem('facegate.apiKey')") == admin
+    finally:
+        b.close()
+    assert not b.errors, b.errors

@@ -14,6 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import audit
+from .cli_security import audit_command, check_exposure, keys_app
+from .camera import client_app
 from .config import Settings, load_settings, settings_for_workers
 from .errors import FaceGateError
 
@@ -24,6 +27,9 @@ models_app = typer.Typer(help="Import and list embedding models.", no_args_is_he
 app.add_typer(models_app, name="models")
 gallery_app = typer.Typer(help="Maintain the gallery.", no_args_is_help=True)
 app.add_typer(gallery_app, name="gallery")
+app.add_typer(client_app, name="client")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit_command)
 console = Console(stderr=True)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -65,6 +71,10 @@ def serve(
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Server processes sharing the gallery (default 1).")] = None,
+    allow_no_auth: Annotated[
+        Optional[bool], typer.Option("--allow-no-auth", help="Serve on a public interface although no API key exists.")
+    ] = None,
+    tunnel: Annotated[Optional[str], typer.Option(help="Expose through a tunnel: ngrok (needs pyngrok and API keys).")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the HTTP server (the reference /register and /predict, and /v1)."""
@@ -82,16 +92,32 @@ def serve(
         tta=tta,
         threshold=threshold,
         workers=workers,
+        allow_no_auth=allow_no_auth,
     )
+    if tunnel not in (None, "ngrok"):
+        console.print(f"[red]error:[/red] unknown tunnel {escape(tunnel)!r}; the one supported is ngrok")
+        raise typer.Exit(2)
+    check_exposure(s, tunnel)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     pipe = _pipeline(s, batching=s.workers == 1)  # load first: a refusal is a message, not a traceback
     console.print(
         f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"
         f"  (data: {escape(str(s.data_dir))}, docs: /docs)"
     )
+    server_opts = dict(
+        host=s.host,
+        port=s.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=s.max_connections,
+        proxy_headers=bool(s.forwarded_allow_ips),
+        forwarded_allow_ips=s.forwarded_allow_ips or None,
+    )
+    if tunnel:
+        _open_tunnel(s.port)
     if s.workers == 1:
         try:
-            uvicorn.run(create_app(s, pipe), host=s.host, port=s.port, log_level=log_level, timeout_graceful_shutdown=10)
+            uvicorn.run(create_app(s, pipe), **server_opts)
         finally:
             pipe.close()
         return
@@ -100,12 +126,20 @@ def serve(
     uvicorn.run(
         "facegate.api.app:create_app_from_environment",
         factory=True,
-        host=s.host,
-        port=s.port,
         workers=s.workers,
-        log_level=log_level,
-        timeout_graceful_shutdown=10,
+        **server_opts,
     )
+
+
+def _open_tunnel(port: int) -> None:
+    """A public URL through ngrok (pyngrok): only ever with API keys (checked before)."""
+    try:
+        from pyngrok import ngrok
+    except ImportError:
+        console.print("[red]error:[/red] --tunnel ngrok needs pyngrok: pip install pyngrok (and an ngrok account token)")
+        raise typer.Exit(2) from None
+    url = ngrok.connect(port, "http").public_url
+    console.print(f"public URL (keys required): {escape(url)}")
 
 
 @app.command()
@@ -337,6 +371,7 @@ def gallery_reembed(
 
 
 def main() -> None:
+    audit.current_actor.set(audit.cli_actor())
     app()
 
 

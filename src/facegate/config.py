@@ -70,9 +70,36 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gallery.")
 
+    # Trust (README, "Security").
+    allow_no_auth: bool = Field(
+        False, description="Serve on a non-loopback interface although no API key exists (anyone reaching it gets admin)."
+    )
+    rate_limit_per_key: str = Field("100/second", description="Requests per API key (limits syntax, e.g. '10/second;300/minute'; '' off).")
+    rate_limit_per_ip: str = Field("100/second", description="Requests per client address, keyed or not ('' off).")
+    rate_limit_auth_failures: str = Field("30/minute", description="Requests with a missing or wrong key per address ('' off).")
+    rate_limit_storage: str = Field(
+        "memory://", description="Where counters live: memory:// (per process) or redis://host:port to share them between workers."
+    )
+    forwarded_allow_ips: str = Field(
+        "", description="Reverse proxies trusted for X-Forwarded-For (comma-separated IPs), so limits see the real client."
+    )
+    max_connections: int = Field(1024, ge=1, description="Open connections at most; beyond, 503.")
+
     @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"
+
+    @field_validator("rate_limit_per_key", "rate_limit_per_ip", "rate_limit_auth_failures")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse_many
+
+        if v.strip():
+            try:
+                parse_many(v)
+            except ValueError as exc:
+                raise ValueError(f"not a rate limit (e.g. '10/second;300/minute'): {v!r} ({exc})") from None
+        return v.strip()
 
     @field_validator("data_dir")
     @classmethod

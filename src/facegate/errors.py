@@ -66,3 +66,9 @@ class ReembedError(FaceGateError):
 
 class ModelUnavailableError(FaceGateError):
     code = "model_unavailable"
+
+
+class KeyRequestError(FaceGateError):
+    """A bad request to create or revoke an API key."""
+
+    code = "invalid_key_request"

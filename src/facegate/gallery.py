@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import audit
 from .errors import InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
 from .rank import Neighbour
 
@@ -246,6 +247,7 @@ class Gallery:
                 for stmt in _SCHEMA.strip().split(";"):
                     if stmt.strip():
                         cur.execute(stmt)
+                cur.execute(audit.AUDIT_SCHEMA)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._check_model(cur)
@@ -525,6 +527,7 @@ class Gallery:
                 cur.execute("INSERT INTO people (name, name_key, created_at) VALUES (?, ?, ?)", (name, name_key(name), _now()))
                 pid = int(cur.lastrowid)
                 fids = self._insert_faces(cur, pid, faces, vecs, model_id)
+                audit.record(cur, audit.ENROLL, pid, faces=len(fids))
                 gen = self._bump(cur)
             self._apply_add(fids, pid, name, vecs, gen)
             return self.get_person(pid)
@@ -538,6 +541,7 @@ class Gallery:
                 if row is None:
                     raise PersonNotFoundError(f"no person with id {person_id}")
                 fids = self._insert_faces(cur, person_id, faces, vecs, model_id)
+                audit.record(cur, audit.ADD_FACES, person_id, faces=len(fids))
                 gen = self._bump(cur)
             self._apply_add(fids, person_id, row[0], vecs, gen)
             return self.get_person(person_id)
@@ -550,6 +554,7 @@ class Gallery:
             with self._tx() as cur:
                 cur.execute("DELETE FROM faces WHERE person_id = ?", (person_id,))
                 cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
+                audit.record(cur, audit.DELETE, person_id, faces=person.face_count)
                 gen = self._bump(cur)
             # Old page images of the deleted rows live on in the WAL until a checkpoint: flush and empty it.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -581,10 +586,33 @@ class Gallery:
                     cur.execute("UPDATE faces SET embedding = ?, model_id = ? WHERE id = ?", (v.tobytes(), model_id, fid))
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (model_id,))
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
+                audit.record(cur, audit.REEMBED, None, faces=len(ids), model=model_id)
                 self._bump(cur)
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.model_id, self.dim = model_id, int(dim)
             self._load()
+
+    def record(self, action: str, person_id: int | None = None, **detail: object) -> None:
+        """An audit entry for an action that changes nothing here (an export)."""
+        with self._tx() as cur:
+            audit.record(cur, action, person_id, **detail)
+
+    def audit_log(self, limit: int = 100, before: int | None = None) -> list[audit.AuditEntry]:
+        with self._lock:
+            return audit.read(self._db, limit, before)
+
+    def export(self) -> list[tuple[Person, list[tuple[int, str | None, str, bytes]]]]:
+        """Every person with their faces' (id, source, created_at, float32 vector bytes), one consistent read."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
+                faces: dict[int, list] = {}
+                for f in self._db.execute("SELECT id, person_id, source, created_at, embedding FROM faces ORDER BY id"):
+                    faces.setdefault(f[1], []).append((f[0], f[2], f[3], f[4]))
+            finally:
+                self._db.execute("COMMIT")
+        return [(Person(p[0], p[1], p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people]
 
     # ------------------------------------------------------------------ reads
     def get_person(self, person_id: int) -> Person:

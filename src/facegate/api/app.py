@@ -12,9 +12,13 @@ from fastapi import FastAPI
 from .. import __version__
 from ..config import Settings
 from ..pipeline import Pipeline
-from . import errors, legacy, v1
+from .. import web
+from ..gallery import DB_NAME
+from ..keys import KeyStore
+from . import admin, auth, errors, legacy, v1
+from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
-from .limits import AdmissionMiddleware, BodyLimitMiddleware
+from .limits import AdmissionMiddleware, BodyLimitMiddleware, TimeoutMiddleware
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -28,11 +32,14 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         own = pipeline is None
         p = pipeline or await anyio.to_thread.run_sync(lambda: Pipeline.from_settings(settings, batching=True))
         app.state.pipeline = p
+        app.state.keys = KeyStore(p.gallery.data_dir / DB_NAME)
         worker = Worker(settings.worker_threads, settings.max_pending, metrics, settings.latency_budget_s)
         app.state.worker = worker
         if p.batcher is not None:
             p.batcher.on_batch = worker.observe_batch
         g = p.gallery
+        if not app.state.keys.enforcing():
+            log.warning("no API key exists: every route is open to whoever reaches this server (create one: facegate keys create --role admin)")
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, g.data_dir, g.person_count, g.face_count,
@@ -40,6 +47,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.keys.close()
             if own:
                 await anyio.to_thread.run_sync(p.close)
 
@@ -52,11 +60,19 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     metrics = Metrics()
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    metrics.install(app)  # outermost: it also counts what the two above refuse
+    limits = RateLimits(
+        settings.rate_limit_per_key, settings.rate_limit_per_ip, settings.rate_limit_auth_failures, settings.rate_limit_storage
+    )
+    app.add_middleware(AuthMiddleware, limits=limits)  # before any body is read
+    app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    metrics.install(app)  # outermost: it also counts what the ones above refuse
     errors.install(app)
     app.include_router(legacy.router)
     app.include_router(v1.router)
     app.include_router(v1.health_router)
+    web.mount(app)  # the web client: pages, scripts and the MediaPipe assets
+    app.include_router(admin.router)
+    auth.document(app)
     return app
 
 

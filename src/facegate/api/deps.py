@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from ..errors import BusyError, DeadlineError
 from ..pipeline import Pipeline
@@ -50,7 +50,8 @@ class Worker:
         if self.pending >= self.max_pending:
             return self._refuse(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
         expected = (self.pending + 1) * self.seconds_per_request
-        if expected > self.latency_budget_s:
+        # An idle server always takes the request: one slow call (a cold start) must not refuse all after it.
+        if self.pending and expected > self.latency_budget_s:
             return self._refuse(
                 f"the server is at capacity (about {expected:.1f} s of work queued, budget {self.latency_budget_s:.1f} s); retry shortly"
             )
@@ -84,4 +85,6 @@ def get_worker(request: Request) -> Worker:
 
 
 PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+#: A database row id in a path: SQLite's integers are 64-bit, so anything larger is a 422, not an overflow.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 WorkerDep = Annotated[Worker, Depends(get_worker)]

@@ -1,9 +1,10 @@
-"""Request-size cap enforced before the body is read into memory or decoded."""
+"""Limits enforced before a body is read or decoded: size, capacity, and time."""
 
 from __future__ import annotations
 
 import json
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,3 +110,52 @@ class AdmissionMiddleware:
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
+
+
+class TimeoutMiddleware:
+    """No request is held longer than ``timeout_s``: a client too slow to send its body gets 408,
+    a request the server could not answer in time gets 503 + Retry-After.
+
+    (Model work already has its own deadline in the batcher; this bounds everything else, such as a
+    client trickling its upload to hold a connection.)
+    """
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        body_done = scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS")
+
+        async def tracking_receive() -> Message:
+            nonlocal body_done
+            msg = await receive()
+            if msg["type"] == "http.request" and not msg.get("more_body", False):
+                body_done = True
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        with anyio.move_on_after(self.timeout_s) as scope_:
+            await self.app(scope, tracking_receive, tracking_send)
+        if scope_.cancelled_caught and not started:
+            if body_done:
+                status, code = 503, "timeout"
+                detail = f"the request was not answered within {self.timeout_s:g} s; retry shortly"
+            else:
+                status, code = 408, "request_timeout"
+                detail = f"the request body did not arrive within {self.timeout_s:g} s"
+            body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+            if status == 503:
+                headers.append((b"retry-after", b"1"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})

@@ -142,3 +142,38 @@ class ErrorBody(BaseModel):
     detail: str
     code: str
     field: str | None = None
+
+
+# ---------------------------------------------------------------- administration
+class AuditEntryOut(BaseModel):
+    id: int
+    at: str = Field(..., description="UTC time, ISO 8601.")
+    actor: str = Field(..., description="key:<key id>@<address>, open@<address> (no keys yet), or cli:<user>.")
+    action: str = Field(..., description="enroll, add_faces, delete, reembed, export, key_create, key_revoke.")
+    person_id: int | None = None
+    detail: dict
+
+
+class AuditLog(BaseModel):
+    entries: list[AuditEntryOut]
+    next_before: int | None = Field(None, description="Pass as ?before= for the next (older) page.")
+
+
+class ExportFace(BaseModel):
+    id: int
+    source: str | None
+    created_at: str
+    embedding: str = Field(..., description="Unit vector, little-endian float32, base64.")
+
+
+class ExportPerson(BaseModel):
+    id: int
+    name: str
+    created_at: str
+    faces: list[ExportFace]
+
+
+class GalleryExport(BaseModel):
+    model: str
+    dim: int
+    people: list[ExportPerson]

@@ -20,7 +20,7 @@ from ..errors import FaceNotFoundError, InvalidImageError, InvalidNameError, Per
 from ..gallery import Person
 from ..imageio import b64_to_bytes, decode_image
 from ..pipeline import Identification
-from .deps import PipelineDep, WorkerDep
+from .deps import PipelineDep, RowId, WorkerDep
 from .schemas import (
     Box,
     EnrollJSON,
@@ -184,12 +184,12 @@ async def list_people(pipeline: PipelineDep, worker: WorkerDep) -> PeopleList:
 
 
 @router.get("/people/{person_id}", response_model=PersonOut, responses=ERRORS)
-async def get_person(person_id: int, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
+async def get_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
     return _person_out(await worker.run(pipeline.gallery.get_person, person_id))
 
 
 @router.delete("/people/{person_id}", response_model=PersonSummary, responses=ERRORS)
-async def delete_person(person_id: int, pipeline: PipelineDep, worker: WorkerDep) -> PersonSummary:
+async def delete_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> PersonSummary:
     """Forget a person: their faces, crops and index entries are removed."""
     return _summary(await worker.run(pipeline.gallery.delete_person, person_id))
 
@@ -200,7 +200,7 @@ async def delete_person(person_id: int, pipeline: PipelineDep, worker: WorkerDep
     responses=ERRORS,
     openapi_extra=_body_doc(FacesJSON, {"images": _FILES}),
 )
-async def add_faces(person_id: int, request: Request, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
+async def add_faces(person_id: RowId, request: Request, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
     """Add 1..10 more faces to an enrolled person, all or nothing."""
     _, images = await _read(request, FacesJSON, ("images",))
     _too_many(images)
@@ -213,7 +213,7 @@ async def add_faces(person_id: int, request: Request, pipeline: PipelineDep, wor
 
 
 @router.get("/faces/{face_id}/crop", responses={404: {"model": ErrorBody}, 200: {"content": {"image/jpeg": {}}}})
-async def face_crop(face_id: int, pipeline: PipelineDep, worker: WorkerDep) -> Response:
+async def face_crop(face_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> Response:
     """The aligned 112x112 crop stored for an enrolled face (JPEG)."""
     data = await worker.run(pipeline.gallery.face_crop, face_id)
     if not data:

@@ -21,6 +21,16 @@ export function setupSettings() {
   });
 }
 
+/** The server wants a key: open the settings and put the cursor in the key field. */
+export function askForKey() {
+  const input = document.getElementById("api-key");
+  if (!input) return;
+  const box = input.closest("details");
+  if (box) box.open = true;
+  input.setAttribute("aria-invalid", "true");
+  input.focus();
+}
+
 // ----------------------------------------------------------------------------------------- API
 export class ApiError extends Error {
   /** status 0 means the server could not be reached. */
@@ -56,6 +66,7 @@ export async function api(method, path, body) {
     let detail = data && data.detail !== undefined ? data.detail : text || r.statusText;
     if (typeof detail !== "string") detail = JSON.stringify(detail);
     const ra = parseFloat(r.headers.get("Retry-After"));
+    if (r.status === 401) askForKey();
     throw new ApiError(r.status, detail, data, Number.isFinite(ra) ? ra : null);
   }
   return data;

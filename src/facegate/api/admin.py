@@ -1,0 +1,54 @@
+"""Administration: the audit log, and exporting the gallery (itself an audited action)."""
+
+from __future__ import annotations
+
+import base64
+
+from fastapi import APIRouter, Query
+
+from .. import audit
+from .deps import PipelineDep, WorkerDep
+from .schemas import AuditEntryOut, AuditLog, ExportFace, ExportPerson, GalleryExport
+
+router = APIRouter(prefix="/v1", tags=["administration"])
+
+
+@router.get("/audit", response_model=AuditLog)
+async def audit_log(
+    pipeline: PipelineDep,
+    worker: WorkerDep,
+    limit: int = Query(100, ge=1, le=1000),
+    before: int | None = Query(None, ge=1, le=2**63 - 1, description="Entries older than this id."),
+) -> AuditLog:
+    """Who enrolled, deleted or exported what, and when; newest first. Holds no names or images."""
+    entries = await worker.run(pipeline.gallery.audit_log, limit, before)
+    return AuditLog(
+        entries=[AuditEntryOut(**e.__dict__) for e in entries],
+        next_before=entries[-1].id if len(entries) == limit else None,
+    )
+
+
+@router.get("/export", response_model=GalleryExport)
+async def export(pipeline: PipelineDep, worker: WorkerDep) -> GalleryExport:
+    """Every person with their face embeddings (not the crops), for a backup or a move."""
+
+    def work():
+        g = pipeline.gallery
+        data = g.export()
+        g.record(audit.EXPORT, None, people=len(data), faces=sum(p.face_count for p, _ in data))
+        return g.model_id, g.dim, data
+
+    model, dim, data = await worker.run(work)
+    return GalleryExport(
+        model=model,
+        dim=dim,
+        people=[
+            ExportPerson(
+                id=p.id,
+                name=p.name,
+                created_at=p.created_at,
+                faces=[ExportFace(id=f, source=s, created_at=c, embedding=base64.b64encode(v).decode()) for f, s, c, v in faces],
+            )
+            for p, faces in data
+        ],
+    )

@@ -1,0 +1,208 @@
+"""Who may call what: API keys with roles, rate limits, and the audit actor — before any body is read.
+
+A middleware rather than per-route dependencies: FastAPI reads a route's body before its
+dependencies run, so a dependency would let anyone without a key make the server read (and count
+against its memory) a 10 MB body before being told no. The role each route needs is decided here,
+in one table, deny-by-default: every path under ``/v1`` and every non-GET needs a key, unless listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import audit
+from ..keys import GRANTS, KeyStore
+
+#: (method, path) -> role. Paths not listed: GET/HEAD outside /v1 and /metrics are public (the web
+#: app's pages and assets, /docs, /healthz); everything else needs an admin key.
+CLIENT_ROUTES = frozenset({("POST", "/predict"), ("POST", "/v1/identify"), ("POST", "/v1/verify")})
+PUBLIC_PREFIX_EXCEPTIONS = ("/v1/", "/metrics")
+UNLIMITED = frozenset({"/healthz"})
+
+
+def required_role(method: str, path: str) -> str | None:
+    """The role a request needs, or None for a public one."""
+    if (method, path) in CLIENT_ROUTES:
+        return "client"
+    if method in ("GET", "HEAD") and not (path == "/v1" or path.startswith(PUBLIC_PREFIX_EXCEPTIONS)):
+        return None
+    return "admin"
+
+
+def presented_key(headers: dict[bytes, bytes]) -> str | None:
+    """The key from ``Authorization: Bearer ...`` or ``X-API-Key``."""
+    auth = headers.get(b"authorization", b"").decode("latin-1").strip()
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    key = headers.get(b"x-api-key", b"").decode("latin-1").strip()
+    return key or None
+
+
+class RateLimits:
+    """Moving-window counters per key, per address, and per address for failed authentications."""
+
+    def __init__(self, per_key: str, per_ip: str, auth_failures: str, storage: str) -> None:
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage))
+        self.per_key = parse_many(per_key) if per_key else []
+        self.per_ip = parse_many(per_ip) if per_ip else []
+        self.auth_failures = parse_many(auth_failures) if auth_failures else []
+
+    def _hit(self, items: list[RateLimitItem], *ids: str) -> float | None:
+        """Count one request; seconds to wait if over a limit, else None."""
+        for item in items:
+            if not self.limiter.hit(item, *ids):
+                reset = self.limiter.get_window_stats(item, *ids).reset_time
+                return max(1.0, reset - time.time())
+        return None
+
+    def key(self, key_id: str) -> float | None:
+        return self._hit(self.per_key, "key", key_id)
+
+    def ip(self, addr: str) -> float | None:
+        return self._hit(self.per_ip, "ip", addr)
+
+    def failed_auth(self, addr: str) -> float | None:
+        return self._hit(self.auth_failures, "authfail", addr)
+
+
+async def _refuse(send: Send, status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class AuthMiddleware:
+    """Authenticates, authorises and rate-limits each request, and names its actor for the audit log.
+
+    With no active key in the data directory the server is open (the CLI only binds it to loopback
+    then); the first key created switches every protected route to requiring one, at once.
+    """
+
+    def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method, path = scope["method"], scope["path"]
+        addr = (scope.get("client") or ("unknown", 0))[0]
+        if path not in UNLIMITED:
+            wait = self.limits.ip(addr)
+            if wait is not None:
+                await self._too_many(send, wait, f"too many requests from {addr}")
+                return
+        role = required_role(method, path)
+        if role is None:
+            await self.app(scope, receive, send)
+            return
+        keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        if keys is None or not keys.enforcing():
+            token = audit.current_actor.set(f"open@{addr}")
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                audit.current_actor.reset(token)
+            return
+        headers = dict(scope.get("headers") or [])
+        key = presented_key(headers)
+        found = keys.check(key) if key else None
+        if found is None:
+            wait = self.limits.failed_auth(addr)
+            if wait is not None:  # a valid key from the same address still works
+                await self._too_many(send, wait, "too many requests with a missing or wrong API key")
+                return
+            why = "an API key is required" if key is None else "the API key is not valid (unknown, revoked or mistyped)"
+            await _refuse(
+                send,
+                401,
+                "unauthorized",
+                f"{why}: send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY' (create one with `facegate keys create`)",
+                [(b"www-authenticate", b'Bearer realm="facegate"')],
+            )
+            return
+        key_id, key_role = found
+        if role not in GRANTS[key_role]:
+            await _refuse(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
+            return
+        wait = self.limits.key(key_id)
+        if wait is not None:
+            await self._too_many(send, wait, f"too many requests with key {key_id}")
+            return
+        scope.setdefault("state", {})["principal"] = (key_id, key_role)
+        token = audit.current_actor.set(f"key:{key_id}@{addr}")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            audit.current_actor.reset(token)
+
+    @staticmethod
+    async def _too_many(send: Send, wait: float, why: str) -> None:
+        seconds = max(1, math.ceil(wait))
+        await _refuse(send, 429, "rate_limited", f"{why}; retry in {seconds} s", [(b"retry-after", str(seconds).encode())])
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+_COMMON = {
+    "400": "A malformed request (a body that cannot be parsed, a bad Content-Length).",
+    "429": "Rate limited: retry after the Retry-After header's seconds.",
+    "503": "At capacity or timed out: retry after the Retry-After header's seconds.",
+}
+_PROTECTED = {"401": "No valid API key.", "403": "The key's role may not do this."}
+
+
+def document(app) -> None:
+    """Describe the keys and the answers every route may give (401/403/429/503) in the OpenAPI schema."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        comps = schema.setdefault("components", {})
+        comps.setdefault("securitySchemes", {}).update(
+            {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `facegate keys create --role admin|client`."},
+                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+        )
+        comps.setdefault("schemas", {}).setdefault(
+            "ErrorBody",
+            {
+                "type": "object",
+                "properties": {"detail": {"type": "string"}, "code": {"type": "string"}, "field": {"type": ["string", "null"]}},
+                "required": ["detail", "code"],
+            },
+        )
+        for path, ops in schema.get("paths", {}).items():
+            for method, op in ops.items():
+                role = required_role(method.upper(), path)
+                answers = dict(_COMMON)
+                if role is not None:
+                    op["security"] = [{"bearer": []}, {"apiKeyHeader": []}]
+                    op["description"] = (op.get("description") or "") + f"\n\nNeeds an API key with the **{role}** role (when keys exist)."
+                    answers |= _PROTECTED
+                if "422" in op.get("responses", {}):  # our validation errors have the one error shape
+                    op["responses"]["422"]["content"] = {"application/json": {"schema": _ERROR_REF}}
+                for status, text in answers.items():
+                    op.setdefault("responses", {}).setdefault(
+                        status, {"description": text, "content": {"application/json": {"schema": _ERROR_REF}}}
+                    )
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi

@@ -1,0 +1,153 @@
+"""`facegate keys ...` and `facegate audit`: API keys and the audit trail, from the server's machine."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sqlite3
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .config import Settings, load_settings
+from .errors import FaceGateError
+from .gallery import DB_NAME
+from .keys import ROLES, KeyStore
+
+keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory (else $FACEGATE_DATA_DIR).")]
+
+
+def _settings(config: Path | None, data: Path | None) -> Settings:
+    try:
+        return load_settings(config, data_dir=data)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+def key_store(settings: Settings) -> KeyStore:
+    return KeyStore(settings.data_dir / DB_NAME)
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect (a name other than localhost is treated as public)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(settings: Settings, tunnel: str | None) -> None:
+    """Refuse to serve where others can reach the server while no key protects it."""
+    store = key_store(settings)
+    try:
+        protected = store.enforcing()
+    finally:
+        store.close()
+    if protected:
+        return
+    if tunnel:
+        console.print(f"[red]error:[/red] refusing to open a {escape(tunnel)} tunnel without API keys: "
+                      "create one first with `facegate keys create --role admin`")
+        raise typer.Exit(2)
+    if not is_loopback(settings.host):
+        if settings.allow_no_auth:
+            console.print(f"[yellow]warning:[/yellow] serving on {escape(settings.host)} with NO API key: "
+                          "anyone who reaches it can enrol, delete and read the gallery")
+            return
+        console.print(
+            f"[red]error:[/red] refusing to serve on {escape(settings.host)} without API keys: anyone reaching it could "
+            "enrol, delete and read faces. Create keys (`facegate keys create --role admin`, "
+            "`facegate keys create --role client`), or bind to 127.0.0.1, or pass --allow-no-auth to accept the risk"
+        )
+        raise typer.Exit(2)
+    console.print("no API keys yet: serving to this machine only (127.0.0.1), every route open; "
+                  "`facegate keys create --role admin` turns on keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}. admin: enrol, delete, list, export; client: predict, identify, verify.")],
+    name: Annotated[str, typer.Option(help="A label to tell keys apart (e.g. 'front gate').")] = "",
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key and print it once (it is stored hashed; it cannot be shown again)."""
+    store = key_store(_settings(config, data))
+    try:
+        key, plain = store.create(role, name)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(2) from None
+    finally:
+        store.close()
+    console.print(f"created {key.role} key {key.id}{' (' + escape(name) + ')' if name else ''}; keep it now, it is not shown again:")
+    print(plain)
+
+
+@keys_app.command("list")
+def keys_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Every key: id, role, label, when created and revoked (never the key itself)."""
+    store = key_store(_settings(config, data))
+    try:
+        keys = store.list()
+    finally:
+        store.close()
+    table = Table("id", "role", "name", "created", "revoked")
+    for k in keys:
+        table.add_row(k.id, k.role, escape(k.name), k.created_at, k.revoked_at or "")
+    Console().print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the 8 hex digits after fg_).")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key: running servers refuse it from their next request."""
+    store = key_store(_settings(config, data))
+    try:
+        key = store.revoke(key_id)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    console.print(f"revoked {key.role} key {key.id} at {key.revoked_at}")
+
+
+def audit_command(
+    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The audit log: who enrolled, deleted, exported or managed keys, and when (newest first)."""
+    from . import audit
+
+    s = _settings(config, data)
+    key_store(s).close()  # creates the tables if there is no gallery yet
+    con = sqlite3.connect(f"file:{s.data_dir / DB_NAME}?mode=ro", uri=True)
+    try:
+        entries = audit.read(con, limit)
+    finally:
+        con.close()
+    if as_json:
+        for e in entries:
+            print(json.dumps(e.__dict__))
+        return
+    table = Table("id", "at", "actor", "action", "person", "detail")
+    for e in entries:
+        table.add_row(str(e.id), e.at, escape(e.actor), e.action, "" if e.person_id is None else str(e.person_id), escape(json.dumps(e.detail)))
+    Console().print(table)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import audit
-from .cli_security import audit_command, check_exposure, keys_app
+from .cli_security import audit_command, check_exposure, gallery_encrypt, gallery_new_key, keys_app
 from .camera import client_app
 from .config import Settings, load_settings, settings_for_workers
 from .errors import FaceGateError
@@ -30,6 +30,8 @@ app.add_typer(gallery_app, name="gallery")
 app.add_typer(client_app, name="client")
 app.add_typer(keys_app, name="keys")
 app.command("audit")(audit_command)
+gallery_app.command("encrypt")(gallery_encrypt)
+gallery_app.command("new-key")(gallery_new_key)
 console = Console(stderr=True)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
@@ -244,7 +246,7 @@ def _gallery(settings: Settings):
     from .gallery import Gallery
 
     try:
-        return Gallery.open_existing(settings.data_dir)
+        return Gallery.open_existing(settings.data_dir, encryption_key=settings.encryption_key)
     except FaceGateError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None

@@ -151,3 +151,36 @@ def audit_command(
     for e in entries:
         table.add_row(str(e.id), e.at, escape(e.actor), e.action, "" if e.person_id is None else str(e.person_id), escape(json.dumps(e.detail)))
     Console().print(table)
+
+
+def gallery_new_key() -> None:
+    """Print a new encryption key for FACEGATE_ENCRYPTION_KEY (keep it apart from the data directory)."""
+    from .encryption import new_key
+
+    print(new_key())
+
+
+def gallery_encrypt(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Seal an existing gallery's vectors and crops with FACEGATE_ENCRYPTION_KEY, in one transaction."""
+    from .gallery import Gallery
+
+    s = _settings(config, data)
+    if not s.encryption_key:
+        console.print("[red]error:[/red] set FACEGATE_ENCRYPTION_KEY first (make one with `facegate gallery new-key`)")
+        raise typer.Exit(2)
+    try:
+        gallery = Gallery.open_existing(s.data_dir)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    if gallery is None:
+        console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}; a new one is sealed from the start")
+        raise typer.Exit(1)
+    try:
+        n = gallery.seal_existing(s.encryption_key)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    finally:
+        gallery.close()
+    console.print(f"sealed {n} faces in {escape(str(s.data_dir))}; serve with the same FACEGATE_ENCRYPTION_KEY")

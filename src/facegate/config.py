@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         "", description="Reverse proxies trusted for X-Forwarded-For (comma-separated IPs), so limits see the real client."
     )
     max_connections: int = Field(1024, ge=1, description="Open connections at most; beyond, 503.")
+    encryption_key: str | None = Field(
+        None,
+        repr=False,
+        description="Fernet key sealing face vectors and crops at rest (set FACEGATE_ENCRYPTION_KEY; never store it beside the data).",
+    )
 
     @property
     def models_dir(self) -> Path:

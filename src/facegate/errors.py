@@ -72,3 +72,9 @@ class KeyRequestError(FaceGateError):
     """A bad request to create or revoke an API key."""
 
     code = "invalid_key_request"
+
+
+class EncryptionError(FaceGateError):
+    """The gallery's encryption key is missing, wrong or malformed."""
+
+    code = "encryption"

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import audit
-from .errors import InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from .encryption import Sealer
+from .errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
 from .rank import Neighbour
 
 log = logging.getLogger(__name__)
@@ -217,6 +218,7 @@ class Gallery:
         hnsw_ef_construction: int = 200,
         hnsw_ef: int = 256,
         save_delay_s: float = 1.0,
+        encryption_key: str | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -235,6 +237,9 @@ class Gallery:
         self._saved_stamp: tuple[int, int] | None = None
         self._index_stamp: tuple[int, int] = (-1, -1)
         self.save_delay_s = save_delay_s
+        self._sealer = Sealer(encryption_key)
+        # The HNSW file holds the vectors in the clear: an encrypted gallery keeps its index in memory only.
+        self._persist_index = not self._sealer.active
         self._db = sqlite3.connect(
             self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -248,6 +253,7 @@ class Gallery:
                     if stmt.strip():
                         cur.execute(stmt)
                 cur.execute(audit.AUDIT_SCHEMA)
+                self._check_encryption(cur)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._check_model(cur)
@@ -312,6 +318,28 @@ class Gallery:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
 
+    def _check_encryption(self, cur: sqlite3.Cursor) -> None:
+        row = cur.execute("SELECT value FROM meta WHERE key = 'encryption'").fetchone()
+        fp = self._sealer.fingerprint
+        if row is not None:
+            if fp is None:
+                raise EncryptionError(
+                    f"the gallery in {self.data_dir} is encrypted: set FACEGATE_ENCRYPTION_KEY to its key"
+                )
+            if row[0] != fp:
+                raise EncryptionError(f"FACEGATE_ENCRYPTION_KEY is not the key the gallery in {self.data_dir} was sealed with")
+        elif fp is not None:
+            if cur.execute("SELECT 1 FROM faces LIMIT 1").fetchone() is not None:
+                raise EncryptionError(
+                    f"the gallery in {self.data_dir} holds unencrypted faces: seal them first with "
+                    "`facegate gallery encrypt` (with FACEGATE_ENCRYPTION_KEY set)"
+                )
+            cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (fp,))
+
+    @property
+    def encrypted(self) -> bool:
+        return self._sealer.active
+
     def _generation(self) -> int:
         return int(self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
 
@@ -332,7 +360,7 @@ class Gallery:
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             persons = np.array([r[1] for r in rows], dtype=np.int64)
             vectors = (
-                np.vstack([np.frombuffer(r[2], dtype=np.float32) for r in rows])
+                np.vstack([np.frombuffer(self._sealer.open(r[2]), dtype=np.float32) for r in rows])
                 if rows
                 else np.zeros((0, self.dim), np.float32)
             )
@@ -352,6 +380,10 @@ class Gallery:
         path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
         ids, _, vectors = self._table.view()
         n = len(ids)
+        if not self._persist_index:
+            for stale in (path, meta_path):
+                stale.unlink(missing_ok=True)  # vectors in the clear must not outlive a switch to encryption
+            return self._build_index(vectors, ids)
         try:
             meta = json.loads(meta_path.read_text())
             if (
@@ -374,13 +406,20 @@ class Gallery:
             log.info("no HNSW index yet; building it from the database")
         except Exception as exc:  # corrupt file, truncated JSON, wrong format: derived data, so rebuild
             log.warning("HNSW index unreadable (%s); rebuilding", exc)
+        index = self._build_index(vectors, ids)
+        self._write_index_files(index, self._generation_loaded, n)
+        return index
+
+    def _build_index(self, vectors: np.ndarray, ids: np.ndarray):
+        import hnswlib
+
         self.index_rebuilt = True
+        n = len(ids)
         index = hnswlib.Index(space="ip", dim=self.dim)
         index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
         index.set_ef(self.hnsw_ef)
         if n:
             index.add_items(vectors, ids, num_threads=-1)  # a rebuild may use every core
-        self._write_index_files(index, self._generation_loaded, n)
         return index
 
     def _write_index_files(self, index, generation: int, count: int, guard=None) -> None:
@@ -402,6 +441,9 @@ class Gallery:
 
     def _save_index(self) -> None:
         """Save the live index. Takes only the index's read lock: queries go on; index writes wait."""
+        if not self._persist_index:
+            self._saved_stamp = self._index_stamp
+            return
         with self._save_lock:
             with self._index_lock.read():
                 index, stamp = self._index, self._index_stamp
@@ -501,7 +543,7 @@ class Gallery:
         for f, v in zip(faces, vecs):
             cur.execute(
                 "INSERT INTO faces (person_id, model_id, embedding, crop, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (person_id, model_id, v.tobytes(), f.crop_jpeg, f.source, now),
+                (person_id, model_id, self._sealer.seal(v.tobytes()), self._sealer.seal(f.crop_jpeg), f.source, now),
             )
             ids.append(int(cur.lastrowid))
         return ids
@@ -565,7 +607,7 @@ class Gallery:
         """Every face's id and aligned crop (None where crops were not kept)."""
         with self._lock:
             self._sync()
-            return [(int(r[0]), r[1]) for r in self._db.execute("SELECT id, crop FROM faces ORDER BY id")]
+            return [(int(r[0]), self._sealer.open(r[1])) for r in self._db.execute("SELECT id, crop FROM faces ORDER BY id")]
 
     def reembed(self, model_id: str, dim: int, vectors: dict[int, np.ndarray]) -> None:
         """Replace every face's vector with one made by another model, in one transaction.
@@ -583,7 +625,9 @@ class Gallery:
                     v = np.asarray(vectors[fid], dtype=np.float32).reshape(-1)
                     if v.shape[0] != dim or not np.all(np.isfinite(v)):
                         raise ValueError(f"face {fid}: vector of shape {v.shape} does not fit dimension {dim}")
-                    cur.execute("UPDATE faces SET embedding = ?, model_id = ? WHERE id = ?", (v.tobytes(), model_id, fid))
+                    cur.execute(
+                        "UPDATE faces SET embedding = ?, model_id = ? WHERE id = ?", (self._sealer.seal(v.tobytes()), model_id, fid)
+                    )
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (model_id,))
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
                 audit.record(cur, audit.REEMBED, None, faces=len(ids), model=model_id)
@@ -591,6 +635,28 @@ class Gallery:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.model_id, self.dim = model_id, int(dim)
             self._load()
+
+    def seal_existing(self, key: str) -> int:
+        """Encrypt an unencrypted gallery's vectors and crops in place, in one transaction; returns the faces sealed."""
+        sealer = Sealer(key)
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                if cur.execute("SELECT 1 FROM meta WHERE key = 'encryption'").fetchone() is not None:
+                    raise EncryptionError(f"the gallery in {self.data_dir} is already encrypted")
+                rows = cur.execute("SELECT id, embedding, crop FROM faces").fetchall()
+                for fid, emb, crop in rows:
+                    cur.execute("UPDATE faces SET embedding = ?, crop = ? WHERE id = ?", (sealer.seal(emb), sealer.seal(crop), fid))
+                cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (sealer.fingerprint,))
+                audit.record(cur, audit.ENCRYPT, None, faces=len(rows))
+            # The plain pages are overwritten (secure_delete); checkpoint and rebuild the file so none survive.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._sealer, self._persist_index = sealer, False
+            for f in (INDEX_NAME, INDEX_META):
+                (self.data_dir / f).unlink(missing_ok=True)
+        return len(rows)
 
     def record(self, action: str, person_id: int | None = None, **detail: object) -> None:
         """An audit entry for an action that changes nothing here (an export)."""
@@ -609,7 +675,7 @@ class Gallery:
                 people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
                 faces: dict[int, list] = {}
                 for f in self._db.execute("SELECT id, person_id, source, created_at, embedding FROM faces ORDER BY id"):
-                    faces.setdefault(f[1], []).append((f[0], f[2], f[3], f[4]))
+                    faces.setdefault(f[1], []).append((f[0], f[2], f[3], self._sealer.open(f[4])))
             finally:
                 self._db.execute("COMMIT")
         return [(Person(p[0], p[1], p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people]
@@ -639,7 +705,7 @@ class Gallery:
     def face_crop(self, face_id: int) -> bytes | None:
         with self._lock:
             row = self._db.execute("SELECT crop FROM faces WHERE id = ?", (face_id,)).fetchone()
-        return row[0] if row else None
+        return self._sealer.open(row[0]) if row else None
 
     def stats(self) -> tuple[int, int, str]:
         """(people, faces, search mode), current with writes made by other processes."""

@@ -111,6 +111,7 @@ class Pipeline:
             hnsw_m=settings.hnsw_m,
             hnsw_ef_construction=settings.hnsw_ef_construction,
             hnsw_ef=settings.hnsw_ef,
+            encryption_key=settings.encryption_key,
         )
         batcher = (
             MicroBatcher(

@@ -1,0 +1,109 @@
+"""Encryption at rest: with a key, no file of the data directory holds a face vector or crop in the clear."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facegate.encryption import new_key
+from facegate.errors import EncryptionError
+from facegate.gallery import Gallery, NewFace
+
+DIM = 128
+CROP = b"\xff\xd8\xff\xe0 a stand-in for an aligned JPEG crop, unique bytes 7f3a9c"
+
+
+def _faces(rng: np.random.Generator, n: int) -> list[NewFace]:
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return [NewFace(x, CROP + bytes([i]), f"img{i}") for i, x in enumerate(v)]
+
+
+def _files_contain(data_dir: Path, needles: list[bytes]) -> list[str]:
+    hits = []
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            hits += [f"{path.name}: {n[:12]!r}" for n in needles if n in blob]
+    return hits
+
+
+def test_sealed_gallery_keeps_nothing_in_the_clear(tmp_path):
+    key = new_key()
+    faces = _faces(np.random.default_rng(1), 4)
+    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key, save_delay_s=0.0)
+    p = g.add_person("Sealed Person", faces, "m")
+    assert g.encrypted
+    assert g.search(faces[0].embedding, 1)[0].person_id == p.id  # HNSW, in memory
+    assert g.face_crop(p.faces[0].id) == faces[0].crop_jpeg
+    g.close()
+    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP]
+    assert not _files_contain(tmp_path, needles)
+    assert not (tmp_path / "faces.hnsw").exists()
+
+    again = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key)
+    try:
+        assert [n.person_id for n in again.search(faces[2].embedding, 1)] == [p.id]
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("given", [None, "wrong", "malformed"])
+def test_sealed_gallery_refuses_a_missing_or_wrong_key(tmp_path, given):
+    g = Gallery(tmp_path, "m", DIM, encryption_key=new_key())
+    g.add_person("A", _faces(np.random.default_rng(2), 1), "m")
+    g.close()
+    key = {"None": None, "wrong": new_key(), "malformed": "not-a-key"}[str(given)]
+    with pytest.raises(EncryptionError) as err:
+        Gallery(tmp_path, "m", DIM, encryption_key=key)
+    assert "FACEGATE_ENCRYPTION_KEY" in err.value.message
+
+
+def test_cli_seals_an_existing_plain_gallery(tmp_path):
+    faces = _faces(np.random.default_rng(3), 3)
+    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, save_delay_s=0.0)
+    p = g.add_person("Plain Person", faces, "m")
+    g.close()
+    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP]
+    assert _files_contain(tmp_path, needles), "a plain gallery stores vectors as they are"
+    key = new_key()
+    with pytest.raises(EncryptionError, match="gallery encrypt"):
+        Gallery(tmp_path, "m", DIM, encryption_key=key)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")} | {"FACEGATE_ENCRYPTION_KEY": key}
+    r = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "gallery", "encrypt", "--data", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    assert "sealed 3 faces" in r.stderr
+    assert not _files_contain(tmp_path, needles)
+    sealed = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key)
+    try:
+        assert sealed.search(faces[1].embedding, 1)[0].person_id == p.id
+        assert sealed.audit_log(5)[0].action == "encrypt"
+    finally:
+        sealed.close()
+
+
+def test_server_with_a_key_recognises_and_leaves_no_plain_face(start_server, tmp_path, astronaut_payloads):
+    key = new_key()
+    s = start_server(tmp_path / "sealed", env={"FACEGATE_ENCRYPTION_KEY": key, "FACEGATE_EXACT_SEARCH_MAX": "0"})
+    register, predict = astronaut_payloads
+    with s.client() as c:
+        assert c.post("/register", json=register).status_code == 200
+        assert c.post("/predict", json=predict).json()["user_name"] == "Eileen Collins"
+        vectors = [f["embedding"] for p in c.get("/v1/export").json()["people"] for f in p["faces"]]
+        crop = c.get("/v1/faces/1/crop").content
+    s.stop()
+    import base64
+
+    needles = [base64.b64decode(v)[:32] for v in vectors] + [crop[-64:]]
+    assert len(needles) == 4 and not _files_contain(tmp_path / "sealed", needles)
+    s2 = start_server(tmp_path / "sealed", env={"FACEGATE_ENCRYPTION_KEY": key, "FACEGATE_EXACT_SEARCH_MAX": "0"})
+    with s2.client() as c:
+        assert c.post("/predict", json=predict).json()["user_name"] == "Eileen Collins"

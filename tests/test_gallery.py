@@ -1,4 +1,8 @@
-"""facegate.gallery: SQLite truth, derived HNSW index, model ids, and writes from other processes."""
+"""facegate.gallery: SQLite truth, derived HNSW index, model ids, and writes from other processes.
+
+Tests taking ``store`` or ``gal`` run on both backends: the embedded gallery and PostgreSQL +
+pgvector (``facegate.gallery_pg``); those about the index file or the SQLite file are embedded-only.
+"""
 
 from __future__ import annotations
 
@@ -52,8 +56,8 @@ def data_dir(tmp_path):
 
 
 @pytest.fixture
-def gal(data_dir):
-    g = open_gallery(data_dir)
+def gal(store):
+    g = store.open(MODEL, DIM)
     yield g
     g.close()
 
@@ -84,6 +88,15 @@ def _filled_template(tmp_path_factory, population):
     ids = enrol_population(g, population)
     g.close()
     return data_dir, ids
+
+
+@pytest.fixture
+def filled_store(store, population):
+    """``store`` holding the population: (store, ids by name, queries); no gallery open."""
+    g = store.open(MODEL, DIM)
+    ids = enrol_population(g, population)
+    g.close()
+    return store, ids, population[1]
 
 
 @pytest.fixture
@@ -284,37 +297,37 @@ def test_model_id_mismatch_on_add(gal):
     assert gal.get_person(p.id).face_count == 1
 
 
-def test_other_model_on_non_empty_gallery_refused(data_dir):
+def test_other_model_on_non_empty_gallery_refused(store):
     rng = np.random.default_rng(10)
-    g = open_gallery(data_dir)
+    g = store.open(MODEL, DIM)
     g.add_person("Ivy", faces(unit(rng, 1)), MODEL)
     g.close()
     with pytest.raises(ModelMismatchError) as ei:
-        Gallery(data_dir, "another-model", DIM)
+        store.open("another-model", DIM)
     assert MODEL in str(ei.value)
     with pytest.raises(ModelMismatchError):
-        Gallery(data_dir, "another-model", 512)
+        store.open("another-model", 512)
     # the gallery itself is untouched and still opens with its own model
-    g = open_gallery(data_dir)
+    g = store.open(MODEL, DIM)
     assert [p.name for p in g.list_people()] == ["Ivy"]
     g.close()
 
 
-def test_same_model_id_other_dimension_refused(data_dir):
-    g = open_gallery(data_dir)
+def test_same_model_id_other_dimension_refused(store):
+    g = store.open(MODEL, DIM)
     g.add_person("Jay", faces(unit(np.random.default_rng(11), 1)), MODEL)
     g.close()
     with pytest.raises(ModelMismatchError):
-        Gallery(data_dir, MODEL, 256)
+        store.open(MODEL, 256)
 
 
-def test_empty_gallery_can_change_model(data_dir):
+def test_empty_gallery_can_change_model(store):
     rng = np.random.default_rng(12)
-    g = open_gallery(data_dir)
+    g = store.open(MODEL, DIM)
     p = g.add_person("Kim", faces(unit(rng, 1)), MODEL)
     g.delete_person(p.id)
     g.close()
-    g2 = Gallery(data_dir, "another-model", 64)
+    g2 = store.open("another-model", 64)
     q = unit(rng, 1, 64)
     g2.add_person("Kim", faces(q), "another-model")
     assert g2.search(q[0], k=1)[0].name == "Kim"
@@ -342,10 +355,10 @@ def test_search_returns_nearest_first_with_cosine(gal):
     assert len(gal.search(q, k=100)) == 20  # k larger than the gallery
 
 
-def test_exact_and_hnsw_agree(filled):
-    data_dir, ids, queries = filled
-    g = open_gallery(data_dir)
-    hn = open_gallery(data_dir, exact_search_max=0)
+def test_exact_and_hnsw_agree(filled_store):
+    store, ids, queries = filled_store
+    g = store.open(MODEL, DIM)
+    hn = store.open(MODEL, DIM, exact_search_max=0)
     assert g.search_mode == "exact" and hn.search_mode == "hnsw"
     assert g.face_count == hn.face_count > 250
     ex = answers(g, queries)
@@ -474,12 +487,12 @@ def test_stale_index_after_writes_by_second_instance(filled):
 
 # ----------------------------------------------------------------------------- other processes
 @pytest.mark.parametrize("exact_search_max", [20_000, 0])
-def test_write_from_second_instance_visible_without_reopen(data_dir, exact_search_max):
+def test_write_from_second_instance_visible_without_reopen(store, exact_search_max):
     rng = np.random.default_rng(17)
     v = unit(rng, 6)
-    g1 = open_gallery(data_dir, exact_search_max=exact_search_max)
+    g1 = store.open(MODEL, DIM, exact_search_max=exact_search_max)
     a = g1.add_person("Alice", faces(v[0]), MODEL)
-    g2 = open_gallery(data_dir, exact_search_max=exact_search_max)  # as `facegate enroll` in another process
+    g2 = store.open(MODEL, DIM, exact_search_max=exact_search_max)  # as `facegate enroll` in another process
     b = g2.add_person("Bob", faces(v[1:3]), MODEL)
     top = g1.search(v[2], k=1)[0]
     assert (top.person_id, top.name) == (b.id, "Bob")
@@ -539,10 +552,11 @@ def test_write_committed_by_another_process_during_our_write(data_dir):
 
 
 # ----------------------------------------------------------------------------- deletion
-def test_deleted_people_never_in_results(filled, population):
-    data_dir, ids, _ = filled
+def test_deleted_people_never_in_results(filled_store, population):
+    store, ids, _ = filled_store
+    data_dir = store.data_dir
     people, _ = population
-    g = open_gallery(data_dir)
+    g = store.open(MODEL, DIM)
     doomed = [name for i, (name, _) in enumerate(people) if i % 3 == 0]
     for name in doomed:
         g.delete_person(ids[name])
@@ -560,6 +574,11 @@ def test_deleted_people_never_in_results(filled, population):
 
     check(g)
     g.close()
+    if store.kind != "sqlite":  # what follows is about the embedded gallery's index file
+        g = store.open(MODEL, DIM, exact_search_max=0)  # HNSW this time
+        check(g)
+        g.close()
+        return
     g = open_gallery(data_dir, exact_search_max=0)  # the saved index carries the deletions
     assert not g.index_rebuilt
     check(g)
@@ -585,13 +604,13 @@ def test_delete_then_reenrol_same_name(gal):
         assert hits[0].similarity == pytest.approx(float(v1[0] @ v2[0]), abs=1e-5)
 
 
-def test_many_writes_grow_the_index(data_dir):
+def test_many_writes_grow_the_index(store):
     # More faces than the initial HNSW capacity reserved after a reopen of a small gallery.
     rng = np.random.default_rng(20)
-    g = open_gallery(data_dir, exact_search_max=0)
+    g = store.open(MODEL, DIM, exact_search_max=0)
     g.add_person("seed", faces(unit(rng, 1)), MODEL)
     g.close()
-    g = open_gallery(data_dir, exact_search_max=0)
+    g = store.open(MODEL, DIM, exact_search_max=0)
     v = unit(rng, 40)
     p = g.add_person("bulk", faces(v), MODEL)
     assert g.face_count == 41
@@ -640,9 +659,9 @@ def test_writes_do_not_rebuild_and_the_index_is_saved_in_the_background(data_dir
     g2.close()
 
 
-def test_queries_run_while_writes_and_saves_happen(data_dir):
+def test_queries_run_while_writes_and_saves_happen(store):
     rng = np.random.default_rng(321)
-    g = open_gallery(data_dir, exact_search_max=0, save_delay_s=0.0)
+    g = store.open(MODEL, DIM, exact_search_max=0, save_delay_s=0.0)
     base = unit(rng, 50)
     for i in range(10):
         g.add_person(f"P{i}", faces(base[i * 5 : i * 5 + 5]), MODEL)

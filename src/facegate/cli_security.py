@@ -16,7 +16,8 @@ from rich.table import Table
 from .config import Settings, load_settings
 from .errors import FaceGateError
 from .gallery import DB_NAME
-from .keys import ROLES, KeyStore
+from .backends import KeyBackend, open_keys
+from .keys import ROLES
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 console = Console(stderr=True)
@@ -33,8 +34,13 @@ def _settings(config: Path | None, data: Path | None) -> Settings:
         raise typer.Exit(2) from None
 
 
-def key_store(settings: Settings) -> KeyStore:
-    return KeyStore(settings.data_dir / DB_NAME)
+def key_store(settings: Settings) -> KeyBackend:
+    """The keys beside the gallery the settings name (SQLite in data_dir, or the PostgreSQL gallery)."""
+    try:
+        return open_keys(settings)
+    except ConnectionError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -137,12 +143,24 @@ def audit_command(
     from . import audit
 
     s = _settings(config, data)
-    key_store(s).close()  # creates the tables if there is no gallery yet
+    store = key_store(s)  # creates the tables if there is no gallery yet
+    if s.gallery:
+        try:
+            entries = store.audit_log(limit)
+        finally:
+            store.close()
+        _print_audit(entries, as_json)
+        return
+    store.close()
     con = sqlite3.connect(f"file:{s.data_dir / DB_NAME}?mode=ro", uri=True)
     try:
         entries = audit.read(con, limit)
     finally:
         con.close()
+    _print_audit(entries, as_json)
+
+
+def _print_audit(entries: list, as_json: bool) -> None:
     if as_json:
         for e in entries:
             print(json.dumps(e.__dict__))
@@ -165,6 +183,10 @@ def gallery_encrypt(data: DataOpt = None, config: ConfigOpt = None) -> None:
     from .gallery import Gallery
 
     s = _settings(config, data)
+    if s.gallery:
+        console.print("[red]error:[/red] the PostgreSQL gallery is not sealed by FaceGate (pgvector must read the vectors): "
+                      "encrypt the database's storage instead (README, Scaling out)")
+        raise typer.Exit(2)
     if not s.encryption_key:
         console.print("[red]error:[/red] set FACEGATE_ENCRYPTION_KEY first (make one with `facegate gallery new-key`)")
         raise typer.Exit(2)

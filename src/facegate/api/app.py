@@ -13,8 +13,7 @@ from .. import __version__
 from ..config import Settings
 from ..pipeline import Pipeline
 from .. import web
-from ..gallery import DB_NAME
-from ..keys import KeyStore
+from ..backends import keys_for
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -32,7 +31,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         own = pipeline is None
         p = pipeline or await anyio.to_thread.run_sync(lambda: Pipeline.from_settings(settings, batching=True))
         app.state.pipeline = p
-        app.state.keys = KeyStore(p.gallery.data_dir / DB_NAME)
+        app.state.keys = keys_for(p.gallery)  # beside the gallery: its SQLite file or its PostgreSQL database
         worker = Worker(settings.worker_threads, settings.max_pending, metrics, settings.latency_budget_s)
         app.state.worker = worker
         if p.batcher is not None:
@@ -42,7 +41,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             log.warning("no API key exists: every route is open to whoever reaches this server (create one: facegate keys create --role admin)")
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
-            __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, g.data_dir, g.person_count, g.face_count,
+            __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, getattr(g, "location", g.data_dir), g.person_count, g.face_count,
         )
         try:
             yield

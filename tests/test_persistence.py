@@ -1,4 +1,7 @@
-"""The gallery outlives the server: restarts, a deleted or damaged index file, a different model."""
+"""The gallery outlives the server: restarts, a deleted or damaged index file, a different model.
+
+Restarts and the model refusal run on both backends (``store``); the index file is the embedded one's.
+"""
 
 from __future__ import annotations
 
@@ -38,16 +41,16 @@ def probes(astronaut_payloads, other_face, astronaut):
     ]
 
 
-def test_gallery_survives_restart(start_server, tmp_path, astronaut_payloads, other_face, probes):
-    data = tmp_path / "gallery"
-    s = start_server(data)
+def test_gallery_survives_restart(start_server, store, astronaut_payloads, other_face, probes):
+    data = store.data_dir
+    s = start_server(data, env=store.env)
     with s.client() as http:
         _enrol_two(http, astronaut_payloads, other_face)
         first = _answers(http, probes)
         assert first[0]["user_name"] == "Eileen Collins"
         assert first[1]["user_name"] == "Other Person"
     s.stop()
-    s2 = start_server(data)
+    s2 = start_server(data, env=store.env)
     with s2.client() as http:
         assert http.get("/healthz").json()["gallery"]["people"] == 2
         assert _answers(http, probes) == first
@@ -80,15 +83,15 @@ def test_index_is_rebuilt_with_identical_answers(start_server, tmp_path, astrona
     assert index.is_file() and stamp.is_file()
 
 
-def test_other_model_refuses_to_serve_an_existing_gallery(start_server, tmp_path, astronaut_payloads, other_face):
-    data = tmp_path / "gallery"
-    s = start_server(data)
+def test_other_model_refuses_to_serve_an_existing_gallery(start_server, store, astronaut_payloads, other_face):
+    data = store.data_dir
+    s = start_server(data, env=store.env)
     with s.client() as http:
         _enrol_two(http, astronaut_payloads, other_face)
     s.stop()
     # concat TTA makes 256-d vectors in another space: mixing them must be refused, loudly.
     proc = subprocess.run(
-        [sys.executable, "-m", "facegate.cli", "serve", "--port", "0", "--data", str(data), "--tta", "concat"],
+        [sys.executable, "-m", "facegate.cli", "serve", "--port", "0", "--data", str(data), "--tta", "concat", *store.serve_args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -97,6 +100,6 @@ def test_other_model_refuses_to_serve_an_existing_gallery(start_server, tmp_path
     assert "sface-2021dec/tta-sum" in proc.stdout + proc.stderr
     assert "tta-concat" in proc.stdout + proc.stderr
     # ... and the gallery is untouched: the original model still serves it.
-    s3 = start_server(data)
+    s3 = start_server(data, env=store.env)
     with s3.client() as http:
         assert http.get("/healthz").json()["gallery"]["people"] == 2

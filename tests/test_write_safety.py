@@ -5,6 +5,9 @@
   half-there, and the answers equal those of a fresh rebuild of the index.
 - Registrations, deletions and predictions at once from many clients: the final gallery is exactly
   what the acknowledged operations say.
+
+Both run on the embedded gallery and on PostgreSQL (``store``): there the server killed is the
+FaceGate process, whose open transactions PostgreSQL rolls back.
 """
 
 from __future__ import annotations
@@ -102,14 +105,15 @@ def _answers(url: str, probes: list[str]) -> list[tuple]:
         return out
 
 
-def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path, face_images):
-    data = tmp_path / "data"
+def test_sigkill_mid_stream_loses_nothing_acknowledged(store, face_images):
+    data = store.data_dir
+    env = ENV | store.env
     rng = random.Random(7)
     present: dict[str, int] = {}  # what the gallery holds, as established after each restart
     ids: dict[str, int] = {}
     ops = kills = 0
     for rnd in range(4):
-        server = ServerProcess(data, env=ENV).start()
+        server = ServerProcess(data, env=env).start()
         assert _gallery(server.url) == {n: 3 for n in present}
         writers = [Writer(server.url, f"r{rnd}w{k}", face_images, {}, seed=rnd * 10 + k) for k in range(3)]
         # Hand the people enrolled so far to the writers, so they delete old ones too.
@@ -127,7 +131,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path, face_images):
             assert w.failure is None, w.failure
         server.log.close()
 
-        server = ServerProcess(data, env=ENV).start()
+        server = ServerProcess(data, env=env).start()
         found = _gallery(server.url)
         must, maybe = dict(present), set()
         for w in writers:
@@ -153,19 +157,19 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path, face_images):
     # The index as the crashes left it (loaded or rebuilt at start) answers like one rebuilt from scratch.
     for f in ("faces.hnsw", "faces.hnsw.json"):
         (data / f).unlink(missing_ok=True)
-    fresh = ServerProcess(data, env=ENV).start()
+    fresh = ServerProcess(data, env=env).start()
     try:
         assert _gallery(fresh.url) == present
         assert _answers(fresh.url, face_images) == before
     finally:
         fresh.stop()
-    print(f"\ncrash test: {ops} acknowledged operations, {kills} SIGKILLs survived, {len(present)} people at the end")
+    print(f"\ncrash test ({store.kind}): {ops} acknowledged operations, {kills} SIGKILLs survived, {len(present)} people at the end")
     assert ops >= 8 and kills == 4
 
 
-def test_concurrent_writes_and_reads_end_as_acknowledged(tmp_path, face_images):
+def test_concurrent_writes_and_reads_end_as_acknowledged(store, face_images):
     # A generous latency budget: requests queue (bounded) rather than being refused, so all kinds overlap.
-    server = ServerProcess(tmp_path / "data", env=ENV | {"FACEGATE_LATENCY_BUDGET_S": "5"}).start()
+    server = ServerProcess(store.data_dir, env=ENV | store.env | {"FACEGATE_LATENCY_BUDGET_S": "5"}).start()
     try:
         stop = threading.Event()
         errors: list[str] = []

@@ -25,7 +25,7 @@ from . import audit
 from .encryption import Sealer
 from .errors import FaceGateError
 from .gallery import DB_NAME, INDEX_META, INDEX_NAME, Gallery
-from .gallery_pg import PgGallery, _audit, is_postgres_url, redact
+from .gallery_pg import PgGallery, _audit, as_vector, is_postgres_url, redact
 
 BATCH = 1000
 #: Audit action recorded in the destination.
@@ -102,7 +102,7 @@ def read_pg(url: str) -> Dump:
             d = Dump(g.model_id, g.dim)
             d.people = [(int(r[0]), r[1], r[2], r[3]) for r in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id")]
             d.faces = [
-                (int(r[0]), int(r[1]), r[2], np.asarray(r[3], np.float32), None if r[4] is None else bytes(r[4]), r[5], r[6])
+                (int(r[0]), int(r[1]), r[2], as_vector(r[3]), None if r[4] is None else bytes(r[4]), r[5], r[6])
                 for r in con.execute("SELECT id, person_id, model_id, embedding, crop, source, created_at FROM faces ORDER BY id")
             ]
             d.keys = [tuple(r) for r in con.execute("SELECT id, role, name, secret_sha256, created_at, revoked_at FROM api_keys ORDER BY id")]

@@ -123,6 +123,13 @@ def _audit_read(con, limit: int, before: int | None) -> list[audit.AuditEntry]:
     return [audit.AuditEntry(int(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
+def as_vector(value) -> np.ndarray:
+    """A stored vector as float32 (pgvector's loader gives a ``Vector`` or an array, depending on the format)."""
+    if hasattr(value, "to_numpy"):
+        value = value.to_numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
 def _index_name(dim: int) -> str:
     return f"faces_hnsw_{int(dim)}"
 
@@ -408,7 +415,7 @@ class PgGallery:
                 people = con.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
                 faces: dict[int, list] = {}
                 for f in con.execute("SELECT id, person_id, source, created_at, embedding FROM faces ORDER BY id"):
-                    faces.setdefault(int(f[1]), []).append((int(f[0]), f[2], f[3], np.asarray(f[4], np.float32).tobytes()))
+                    faces.setdefault(int(f[1]), []).append((int(f[0]), f[2], f[3], as_vector(f[4]).tobytes()))
             finally:
                 con.execute("COMMIT")
         return [(Person(int(p[0]), p[1], p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people]

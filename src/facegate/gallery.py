@@ -36,6 +36,8 @@ SCHEMA_VERSION = 1
 DB_NAME = "gallery.sqlite3"
 INDEX_NAME = "faces.hnsw"
 INDEX_META = "faces.hnsw.json"
+#: Generations kept in the change log; a process further behind reloads in full.
+CHANGE_LOG_KEEP = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,6 +57,13 @@ CREATE TABLE IF NOT EXISTS faces (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
+CREATE TABLE IF NOT EXISTS changes (
+    generation INTEGER PRIMARY KEY,
+    op TEXT NOT NULL,
+    person_id INTEGER NOT NULL,
+    first_face INTEGER,
+    last_face INTEGER
+);
 """
 
 
@@ -258,6 +267,8 @@ class Gallery:
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._check_model(cur)
             self.index_rebuilt = False
+            #: Full reloads from the database (the first load included); catching up from the change log is not one.
+            self.full_loads = 0
             self._load()
             self._saved_stamp = self._index_stamp  # just loaded from, or written to, disk
         except BaseException:
@@ -298,9 +309,15 @@ class Gallery:
             else:
                 cur.execute("COMMIT")
 
-    def _bump(self, cur: sqlite3.Cursor) -> int:
+    def _bump(self, cur: sqlite3.Cursor, change: tuple[str, int, int | None, int | None] | None = None) -> int:
+        """Next generation. ``change`` (op, person, first face, last face) goes to the change log, from
+        which other processes catch up incrementally; a write without one makes them reload in full."""
         cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return int(cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+        gen = int(cur.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+        if change is not None:
+            cur.execute("INSERT INTO changes VALUES (?, ?, ?, ?, ?)", (gen, *change))
+        cur.execute("DELETE FROM changes WHERE generation <= ?", (gen - CHANGE_LOG_KEEP,))
+        return gen
 
     def _check_model(self, cur: sqlite3.Cursor) -> None:
         row = cur.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
@@ -353,10 +370,16 @@ class Gallery:
                     f"the gallery now holds embeddings of {stored[0]} (re-embedded?), not of the active model "
                     f"{self.model_id}; restart with that model"
                 )
-            rows = self._db.execute(
-                "SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id"
-            ).fetchall()
-            self._names = dict(self._db.execute("SELECT id, name FROM people").fetchall())
+            # data_version first, then one read snapshot: a commit in between is seen again at the next sync.
+            self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._db.execute("BEGIN")
+            try:
+                rows = self._db.execute("SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id").fetchall()
+                self._names = dict(self._db.execute("SELECT id, name FROM people").fetchall())
+                generation = self._generation()
+            finally:
+                self._db.execute("COMMIT")
+            self.full_loads += 1
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             persons = np.array([r[1] for r in rows], dtype=np.int64)
             vectors = (
@@ -367,8 +390,7 @@ class Gallery:
             if vectors.shape[1] != self.dim:
                 raise ModelMismatchError(f"stored vectors have {vectors.shape[1]} dimensions, model has {self.dim}")
             self._table = _Vectors(ids, persons, vectors)
-            self._generation_loaded = self._generation()
-            self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            self._generation_loaded = generation
             index = self._open_index()
             with self._index_lock.write():
                 self._index = index
@@ -471,26 +493,63 @@ class Gallery:
             self._save_index()
 
     def _sync(self) -> None:
-        """Reload if another process committed since we last looked (cheap: one PRAGMA)."""
+        """Catch up with commits of other processes (cheap when there are none: one PRAGMA)."""
         dv = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if dv != self._data_version:
-            if self._generation() != self._generation_loaded:
-                log.info("gallery changed on disk by another process; reloading")
-                self._load()
+        if dv == self._data_version:
+            return
+        self._data_version = dv  # before reading: a commit from now on changes it again
+        if self._generation() != self._generation_loaded:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Apply other processes' writes from the change log; reload in full only where it has a gap
+        (a re-embedding, or a process more than ``CHANGE_LOG_KEEP`` writes behind)."""
+        self._db.execute("BEGIN")
+        try:
+            changes = self._db.execute(
+                "SELECT generation, op, person_id, first_face, last_face FROM changes WHERE generation > ? ORDER BY generation",
+                (self._generation_loaded,),
+            ).fetchall()
+            target = self._generation()
+            gens = [c[0] for c in changes]
+            if not changes or gens != list(range(self._generation_loaded + 1, target + 1)):
+                changes = None
             else:
-                self._data_version = dv
+                added = {}
+                for gen, op, pid, first, last in changes:
+                    if op == "add":
+                        added[gen] = self._db.execute(
+                            "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id "
+                            "WHERE f.person_id = ? AND f.id BETWEEN ? AND ? ORDER BY f.id",
+                            (pid, first, last),
+                        ).fetchall()
+        finally:
+            self._db.execute("COMMIT")
+        if changes is None:
+            log.info("gallery changed on disk by another process; reloading")
+            self._load()
+            return
+        removed = False
+        for gen, op, pid, _, _ in changes:
+            if op == "add" and added[gen]:  # rows gone already: deleted by a later change
+                rows = added[gen]
+                vecs = np.vstack([np.frombuffer(self._sealer.open(r[1]), dtype=np.float32) for r in rows])
+                self._index_add([r[0] for r in rows], pid, rows[0][2], vecs)
+            elif op == "delete":
+                removed |= self._index_remove(pid)
+        self._after_write(target)
+        if removed:
+            self._save_index()
 
     def _caught_up(self, generation: int) -> bool:
-        """After our commit: if another process committed between our sync and our write, reload instead of patching."""
+        """After our commit: if others committed between our sync and our write, catch up (our own
+        write included, from the log) instead of patching."""
         if generation == self._generation_loaded + 1:
             return False
-        log.info("gallery changed on disk by another process during a write; reloading")
-        self._load()
+        self._catch_up()
         return True
 
-    def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
-        if self._caught_up(generation):
-            return
+    def _index_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray) -> None:
         ids = np.asarray(face_ids, np.int64)
         self._names[person_id] = name
         with self._index_lock.write():
@@ -500,11 +559,9 @@ class Gallery:
                 self._index.resize_index(max(need, 2 * cap))
             self._index.add_items(vectors, ids, num_threads=1)
             self._table.append(ids, person_id, vectors)
-            self._after_write(generation)
 
-    def _apply_delete(self, person_id: int, generation: int) -> None:
-        if self._caught_up(generation):
-            return
+    def _index_remove(self, person_id: int) -> bool:
+        """Drop a person's faces from memory and the index; True if there were any."""
         with self._index_lock.write():
             ids = self._table.remove_person(person_id)
             if len(ids):
@@ -513,15 +570,27 @@ class Gallery:
                 self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
                 for fid in ids.tolist():
                     self._index.mark_deleted(int(fid))
-            self._after_write(generation)
         self._names.pop(person_id, None)
-        if len(ids):
+        return bool(len(ids))
+
+    def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
+        if self._caught_up(generation):
+            return
+        self._index_add(face_ids, person_id, name, vectors)
+        self._after_write(generation)
+
+    def _apply_delete(self, person_id: int, generation: int) -> None:
+        if self._caught_up(generation):
+            return
+        removed = self._index_remove(person_id)
+        self._after_write(generation)
+        if removed:
             self._save_index()  # now, not later: the deleted vectors must leave the disk before we answer
 
     def _after_write(self, generation: int) -> None:
+        # Not data_version: our own commits do not change it, and another process's may not be applied yet.
         self._generation_loaded = generation
         self._index_stamp = (generation, self._table.n)
-        self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
         self._dirty.set()
 
     # ------------------------------------------------------------------ writes
@@ -570,7 +639,7 @@ class Gallery:
                 pid = int(cur.lastrowid)
                 fids = self._insert_faces(cur, pid, faces, vecs, model_id)
                 audit.record(cur, audit.ENROLL, pid, faces=len(fids))
-                gen = self._bump(cur)
+                gen = self._bump(cur, ("add", pid, fids[0], fids[-1]))
             self._apply_add(fids, pid, name, vecs, gen)
             return self.get_person(pid)
 
@@ -584,7 +653,7 @@ class Gallery:
                     raise PersonNotFoundError(f"no person with id {person_id}")
                 fids = self._insert_faces(cur, person_id, faces, vecs, model_id)
                 audit.record(cur, audit.ADD_FACES, person_id, faces=len(fids))
-                gen = self._bump(cur)
+                gen = self._bump(cur, ("add", person_id, fids[0], fids[-1]))
             self._apply_add(fids, person_id, row[0], vecs, gen)
             return self.get_person(person_id)
 
@@ -597,7 +666,7 @@ class Gallery:
                 cur.execute("DELETE FROM faces WHERE person_id = ?", (person_id,))
                 cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
                 audit.record(cur, audit.DELETE, person_id, faces=person.face_count)
-                gen = self._bump(cur)
+                gen = self._bump(cur, ("delete", person_id, None, None))
             # Old page images of the deleted rows live on in the WAL until a checkpoint: flush and empty it.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._apply_delete(person_id, gen)

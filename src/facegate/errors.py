@@ -74,6 +74,16 @@ class KeyRequestError(FaceGateError):
     code = "invalid_key_request"
 
 
+class PoorQualityError(FaceGateError):
+    """A face too poor to enrol (blurred, dark, tiny, turned): ``reasons`` says what to fix."""
+
+    code = "poor_quality"
+
+    def __init__(self, message: str, *, field: str | None = None, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message, field=field)
+        self.reasons = reasons
+
+
 class EncryptionError(FaceGateError):
     """The gallery's encryption key is missing, wrong or malformed."""
 

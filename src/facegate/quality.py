@@ -36,11 +36,26 @@ class Quality:
     yaw: float | None
     #: Tilt of the eye line, degrees.
     roll: float
-    #: Embedding feature norm (AdaFace: low for poor faces); None for models without that meaning.
+    #: Embedding feature norm before normalisation (low for poor faces); None until the face is embedded.
     feature_norm: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+#: Feature-norm floors (enrol, retry) measured per bundled model with `facegate eval` (README, "Accuracy").
+#: SFace's raw 128-d feature norm falls on occluded, blurred, turned or badly lit faces, as AdaFace's does
+#: by design: on lfw-dev the 2% of photos with the lowest norm hold half the genuine pairs missed at FAR 1e-3.
+#: Imported models have none until measured on your own photos (set enroll/retry_min_feature_norm).
+MODEL_NORM_FLOORS: dict[str, tuple[float, float]] = {"sface": (10.0, 10.0)}
+
+
+def norm_floor(model_name: str, configured: float | None, which: int) -> float | None:
+    """The feature-norm limit in force: the configured one (0 switches it off), else the model's measured default."""
+    if configured is not None:
+        return configured or None
+    floors = MODEL_NORM_FLOORS.get(model_name)
+    return floors[which] if floors else None
 
 
 @dataclass(frozen=True)
@@ -131,5 +146,5 @@ def judge(q: Quality, t: QualityThresholds) -> Verdict:
     if t.max_roll is not None and abs(q.roll) > t.max_roll:
         r.append(f"head tilted: roll {abs(q.roll):.0f} deg > {t.max_roll:.0f}")
     if t.min_feature_norm is not None and q.feature_norm is not None and q.feature_norm < t.min_feature_norm:
-        r.append(f"unclear face: feature norm {q.feature_norm:.1f} < {t.min_feature_norm:.1f}")
+        r.append(f"unclear face: feature norm {q.feature_norm:.2f} < {t.min_feature_norm:.2f} (occluded, turned or badly lit?)")
     return Verdict(q, tuple(r))

@@ -17,6 +17,7 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.InvalidImageError: 422,
     e.ImageTooLargeError: 413,
     e.NoFaceError: 422,
+    e.PoorQualityError: 422,
     e.InvalidNameError: 422,
     e.PersonExistsError: 409,
     e.PersonNotFoundError: 404,

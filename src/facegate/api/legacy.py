@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from ..align import eye_points
 from ..imageio import load_b64_image
 from .deps import PipelineDep, WorkerDep
-from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse
+from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, quality_out
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["reference API"])
@@ -54,8 +54,9 @@ async def predict(body: PredictRequest, pipeline: PipelineDep, worker: WorkerDep
     return PredictResponse(
         user_name=d.name if d.known else "unknown",
         similarity=round(d.similarity, 6),
-        status="recognized" if d.known else "unknown",
+        status="retry" if ident.retry else "recognized" if d.known else "unknown",
         person_id=d.person_id,
         threshold=ident.threshold,
         landmarks=ident.located.landmarks,
+        quality=quality_out(ident),
     )

@@ -41,13 +41,39 @@ class PredictRequest(_Strict):
     keypoints_y2: Number | None = None
 
 
+class QualityOut(BaseModel):
+    """The face's measured quality (``facegate.quality``) and, when it is too poor, why."""
+
+    ok: bool = Field(..., description="False: below the quality floor, the answer is 'retry'.")
+    reasons: list[str] = Field(default_factory=list, description="What is wrong, for people (e.g. 'too dark: ...').")
+    face_px: float = Field(..., description="Side of the aligned face region in the image, pixels.")
+    det_score: float | None = None
+    sharpness: float = Field(..., description="Variance of the Laplacian of the aligned crop.")
+    brightness: float = Field(..., description="Mean grey level of the face, 0..255.")
+    clipped: float = Field(..., description="Share of the face's pixels black or white.")
+    yaw: float | None = Field(None, description="Head turn estimated from the keypoints, degrees.")
+    roll: float = Field(..., description="Eye-line tilt, degrees.")
+    feature_norm: float | None = Field(None, description="AdaFace feature norm, when that model runs.")
+
+
+def quality_out(ident) -> QualityOut | None:
+    """The quality part of an answer, from a pipeline ``Identification``."""
+    q = ident.located.quality
+    if q is None:
+        return None
+    return QualityOut(ok=not ident.retry, reasons=list(ident.verdict.reasons) if ident.verdict else [], **q.to_dict())
+
+
 class PredictResponse(BaseModel):
     user_name: str = Field(..., description='The recognised name, or "unknown".')
     similarity: float = Field(..., description="Cosine similarity of the winner's nearest face (or of the nearest face when unknown).")
-    status: Literal["recognized", "unknown"]
+    status: Literal["recognized", "unknown", "retry"] = Field(
+        ..., description='"retry": the face is too poor to name (see quality.reasons); send another frame.'
+    )
     person_id: int | None
     threshold: float
     landmarks: Literal["detector", "eyes"] = Field(..., description="What aligned the face: server-side BlazeFace or the client's eye points.")
+    quality: QualityOut | None = Field(None, description="Added field: the face's quality signals.")
 
 
 # ---------------------------------------------------------------- v1
@@ -61,10 +87,11 @@ class Box(BaseModel):
 class FaceMatch(BaseModel):
     box: Box | None
     score: float | None = Field(None, description="Detector confidence.")
-    status: Literal["recognized", "unknown"]
+    status: Literal["recognized", "unknown", "retry"] = Field(..., description='"retry": too poor a face to name (see quality).')
     person_id: int | None
     name: str | None
     similarity: float
+    quality: QualityOut | None = None
 
 
 class IdentifyJSON(_Strict):

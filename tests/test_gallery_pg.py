@@ -7,6 +7,7 @@ about PostgreSQL itself (migrations under concurrent starts, the HNSW index, ref
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -346,3 +347,52 @@ def test_migrate_command_shows_progress_and_verifies(sqlite_gallery, pg_database
         capture_output=True, text=True, timeout=120, env=env,
     )
     assert again.returncode == 1 and "not empty" in again.stderr
+
+
+def test_cli_commands_work_on_the_postgres_gallery(sqlite_gallery, pg_database, tmp_path):
+    """`people list`, `people delete` and `audit` read and write the database that FACEGATE_GALLERY names."""
+    data, _ = sqlite_gallery
+    url = pg_database()
+    assert migrate_gallery(str(data), url).ok
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "FACEGATE_GALLERY": url, "FACEGATE_DATA_DIR": str(tmp_path / "unused")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "facegate.cli", *args], capture_output=True, text=True, timeout=120, env=env)
+
+    listed = cli("people", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "Person 0" in listed.stdout and "Person 11" in listed.stdout and "Person 4" not in listed.stdout
+    gone = cli("people", "delete", "person 3")
+    assert gone.returncode == 0 and "deleted Person 3" in gone.stderr
+    log = cli("audit", "--json", "--limit", "2")
+    assert log.returncode == 0, log.stderr
+    entries = [json.loads(line) for line in log.stdout.splitlines()]
+    assert [e["action"] for e in entries] == ["delete", "migrate"] and entries[0]["actor"].startswith("cli:")
+    names = {p[1] for p in read_pg(url).people}
+    assert "Person 3" not in names and len(names) == 10
+    sealed = cli("gallery", "encrypt")
+    assert sealed.returncode == 2 and "storage" in sealed.stderr
+
+
+def test_migrating_an_encrypted_gallery_needs_its_key_and_seals_the_way_back(pg_database, tmp_path):
+    from facegate.encryption import new_key
+
+    key = new_key()
+    data, back = tmp_path / "sealed", tmp_path / "back"
+    v = unit(np.random.default_rng(49), 3)
+    g = Gallery(data, MODEL, DIM, encryption_key=key)
+    g.add_person("Sealed", faces(v, crop_jpeg=b"\xff\xd8 a crop"), MODEL)
+    g.close()
+    url = pg_database()
+    with pytest.raises(MigrationError, match="encrypted"):
+        migrate_gallery(str(data), url)
+    assert migrate_gallery(str(data), url, encryption_key=key).ok
+    assert migrate_gallery(url, str(back), encryption_key=key).ok
+    for f in back.iterdir():
+        raw = f.read_bytes()
+        assert v[0].tobytes() not in raw and b"\xff\xd8 a crop" not in raw, f
+    with pytest.raises(EncryptionError):
+        Gallery(back, MODEL, DIM)
+    g = Gallery(back, MODEL, DIM, encryption_key=key)
+    assert g.search(v[1], 1)[0].name == "Sealed" and g.face_crop(g.find_person("sealed").faces[0].id) == b"\xff\xd8 a crop"
+    g.close()

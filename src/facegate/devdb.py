@@ -122,7 +122,8 @@ class DevPostgres:
             [str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(self.port), "-h", "127.0.0.1",
              "-k", str(self.root), "-c", f"fsync={'on' if self.fsync else 'off'}",
              "-c", f"shared_buffers={self.shared_buffers}", "-c", "max_connections=200"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, start_new_session=True, **self._ids,
+            # same process group: a Ctrl-C of the tests also shuts it down (SIGINT is its fast shutdown)
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, **self._ids,
         )
         log.close()
         deadline = time.monotonic() + timeout

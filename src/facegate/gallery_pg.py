@@ -150,7 +150,7 @@ class PgGallery:
         exact_search_max: int = 20_000,
         hnsw_m: int = 32,
         hnsw_ef_construction: int = 200,
-        ef_search: int = 100,
+        ef_search: int = 200,
         pool_size: int = 10,
         encryption_key: str | None = None,
         prepare: bool = True,

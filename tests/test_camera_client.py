@@ -235,15 +235,32 @@ def test_client_waits_for_a_restarted_server(tmp_path, astronaut_frame, astronau
 
 
 def test_client_honours_retry_after_from_a_busy_server(start_server, tmp_path, astronaut_frame, astronaut_payloads):
-    # A latency budget no request can meet: once the model's pace is measured (the first request),
-    # every request is refused with 503 and Retry-After: 1, by the real admission control.
-    server = start_server(None, env={"FACEGATE_LATENCY_BUDGET_S": "0.000001"})
+    # One request in progress at most, and one is always in progress: a background caller keeps the
+    # server decoding a large photo (/v1/identify), so the real admission control refuses every
+    # /predict with 503 and Retry-After: 1 (an idle server always accepts; this one is never idle).
+    server = start_server(None, env={"FACEGATE_MAX_PENDING": "1"})
     with server.client() as http:
         http.post("/register", json=astronaut_payloads[0]).raise_for_status()
-        assert http.post("/predict", json=astronaut_payloads[1]).status_code == 503
+    big = cv2.imencode(".jpg", cv2.resize(np.ascontiguousarray(astronaut_frame), (5000, 5000)), [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        with httpx.Client(base_url=server.url, timeout=120) as c:
+            while not stop.is_set():
+                c.post("/v1/identify", files={"image": ("big.jpg", big.tobytes(), "image/jpeg")})
+
+    busy_thread = threading.Thread(target=keep_busy, daemon=True)
+    busy_thread.start()
+    time.sleep(1.0)
     video = write_video(tmp_path / "busy.mp4", [astronaut_frame] * (6 * FPS))
-    with MetricsPoller(server.url) as poller:
-        rc, events, err = run_client("--server", server.url, "--video", str(video))
+    try:
+        with server.client() as http:
+            assert http.post("/predict", json=astronaut_payloads[1]).status_code == 503
+        with MetricsPoller(server.url) as poller:
+            rc, events, err = run_client("--server", server.url, "--video", str(video))
+    finally:
+        stop.set()
+        busy_thread.join(120)
     assert rc == 0, err
     busy = [e for e in events if e["event"] == "error" and e["status"] == 503]
     assert busy and not [e for e in events if e["event"] == "result"]

@@ -102,24 +102,33 @@ def main() -> int:
             if d.name in strangers:
                 probes += [(d.name, p) for p in photos]
                 continue
-            if args.enroll_crops:
-                images = []
-                for p in photos[: args.enroll]:
-                    img, face = central_face(detector, p)
-                    if face is not None:
-                        images.append(b64_jpeg(crop_face(img, face, args.margin)[0]))
-            else:
-                images = [base64.b64encode(p.read_bytes()).decode() for p in photos[: args.enroll]]
-            body = {"name": d.name, "images": images}
-            r = client.post("/v1/people", json=body)
+            def encoded(p: Path) -> str | None:
+                if not args.enroll_crops:
+                    return base64.b64encode(p.read_bytes()).decode()
+                img, face = central_face(detector, p)
+                return b64_jpeg(crop_face(img, face, args.margin)[0]) if face is not None else None
+
+            # Like a person at a kiosk: a photo refused for its quality (422 poor_quality) is replaced by the next one.
+            chosen = [p for p in photos[: args.enroll]]
+            spare = list(photos[args.enroll :])
+            while chosen:
+                pairs = [(p, e) for p in chosen if (e := encoded(p)) is not None]
+                r = client.post("/v1/people", json={"name": d.name, "images": [e for _, e in pairs]})
+                err = r.json() if r.status_code != 201 else {}
+                if r.status_code == 422 and err.get("code") == "poor_quality" and spare:
+                    bad = pairs[int(err["field"].split("[")[1].rstrip("]"))][0]
+                    print(f"enrol {d.name}: {bad.name} refused ({err.get('detail')}), next photo", file=sys.stderr)
+                    chosen = [p for p in chosen if p != bad] + [spare.pop(0)]
+                    continue
+                break
             if r.status_code != 201:
                 print(f"enrol {d.name}: {r.status_code} {r.json().get('detail')}", file=sys.stderr)
                 continue
             enrolled[d.name] = r.json()["id"]
-            probes += [(d.name, p) for p in photos[args.enroll :]]
+            probes += [(d.name, p) for p in photos if p not in chosen]
         enrol_s = time.perf_counter() - t0
 
-        correct = wrong = missed_known = accepted_strangers = n_known = n_strangers_probed = no_face = 0
+        correct = wrong = missed_known = accepted_strangers = n_known = n_strangers_probed = no_face = retries = 0
         latencies = []
         for name, path in probes:
             img, face = central_face(detector, path)
@@ -134,6 +143,7 @@ def main() -> int:
                 print(f"predict {path.name}: {r.status_code} {r.text[:200]}", file=sys.stderr)
                 continue
             got = r.json()["user_name"]
+            retries += r.json()["status"] == "retry"  # too poor a face: "unknown", and the client should send another frame
             if name in enrolled:
                 n_known += 1
                 correct += got == name
@@ -155,6 +165,7 @@ def main() -> int:
             "unknown_rate_for_enrolled": missed_known / max(1, n_known),
             "stranger_accept_rate": accepted_strangers / max(1, n_strangers_probed),
             "client_no_face": no_face,
+            "retry_rate": retries / max(1, n_known + n_strangers_probed),
             "predict_ms_p50": float(np.percentile(lat, 50)) if len(lat) else None,
             "predict_ms_p95": float(np.percentile(lat, 95)) if len(lat) else None,
             "enroll_seconds": enrol_s,

@@ -63,6 +63,16 @@ def _small(img: np.ndarray) -> np.ndarray:
     return cv2.resize(img, (max(1, w // 2), max(1, h // 2)), interpolation=cv2.INTER_AREA)
 
 
+def _far(img: np.ndarray) -> np.ndarray:
+    """The photo at 0.6x in a grey 1280x720 frame: a ~65 px face a few metres from a wide camera."""
+    small = cv2.resize(img, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    frame = np.full((720, 1280, 3), 96, np.uint8)
+    h, w = small.shape[:2]
+    top, left = (720 - h) // 2, (1280 - w) // 2
+    frame[top : top + h, left : left + w] = small
+    return frame
+
+
 def _jpeg(img: np.ndarray) -> np.ndarray:
     return decode_image(encode_jpeg(img, 20), ImageLimits(min_side=1))
 
@@ -75,6 +85,7 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "small": _small,
     "blur": lambda im: cv2.GaussianBlur(im, (0, 0), 2.0),  # defocus / motion at ~110 px faces
     "jpeg": _jpeg,  # quality 20
+    "far": _far,  # where BlazeFace's short-range model finds nothing and the fallback detector matters
 }
 
 

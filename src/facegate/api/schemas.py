@@ -48,12 +48,12 @@ class QualityOut(BaseModel):
     reasons: list[str] = Field(default_factory=list, description="What is wrong, for people (e.g. 'too dark: ...').")
     face_px: float = Field(..., description="Side of the aligned face region in the image, pixels.")
     det_score: float | None = None
-    sharpness: float = Field(..., description="Variance of the Laplacian of the aligned crop.")
+    sharpness: float = Field(..., description="Variance of the Laplacian of the aligned crop over its contrast (x100).")
     brightness: float = Field(..., description="Mean grey level of the face, 0..255.")
     clipped: float = Field(..., description="Share of the face's pixels black or white.")
     yaw: float | None = Field(None, description="Head turn estimated from the keypoints, degrees.")
     roll: float = Field(..., description="Eye-line tilt, degrees.")
-    feature_norm: float | None = Field(None, description="AdaFace feature norm, when that model runs.")
+    feature_norm: float | None = Field(None, description="Embedding feature norm (low for occluded or poor faces).")
 
 
 def quality_out(ident) -> QualityOut | None:

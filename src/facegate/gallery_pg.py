@@ -485,27 +485,38 @@ class PgGallery:
             raise ModelMismatchError(f"query has {q.shape[0]} dimensions; this gallery's model {self.model_id} has {self.dim}")
         if not np.all(np.isfinite(q)):
             raise ValueError("query contains non-finite values")
+        if k <= 0:
+            return []
+        limit = {None: self.exact_search_max, True: 2**62, False: -1}[exact]  # exact up to this many faces
         with self._read() as con:
-            model, dim, n = con.execute("SELECT model_id, dim, faces FROM gallery_state").fetchone()
-            self._check_current((model, dim))
-            if n == 0 or k <= 0:
-                return []
-            use_exact = exact if exact is not None else n <= self.exact_search_max
-            if use_exact:
-                # The plain column cannot use the expression index: a sequential scan, exact by construction.
-                sql = (
-                    "SELECT f.id, f.person_id, p.name, f.d FROM (SELECT id, person_id, embedding <=> %(q)s AS d FROM faces "
-                    "ORDER BY d, id LIMIT %(k)s) f JOIN people p ON p.id = f.person_id ORDER BY f.d, f.id"
-                )
-            else:
-                d = int(self.dim)
-                sql = (
-                    f"SELECT f.id, f.person_id, p.name, f.d FROM (SELECT id, person_id, embedding::vector({d}) <=> %(q)s::vector({d}) AS d "
-                    f"FROM faces ORDER BY embedding::vector({d}) <=> %(q)s::vector({d}) LIMIT %(k)s) f "
-                    "JOIN people p ON p.id = f.person_id ORDER BY f.d, f.id"
-                )
-            rows = con.execute(sql, {"q": q, "k": int(k)}).fetchall()
-        return [Neighbour(int(r[0]), int(r[1]), r[2], 1.0 - float(r[3])) for r in rows]
+            rows = con.execute(self._search_sql, {"q": q, "k": int(k), "max": limit, "model": self.model_id}).fetchall()
+        model, dim = rows[0][0], rows[0][1]
+        self._check_current((model, dim))
+        return [Neighbour(int(r[2]), int(r[3]), r[4], 1.0 - float(r[5])) for r in rows if r[2] is not None]
+
+    @property
+    def _search_sql(self) -> str:
+        """One statement, one round trip: the state row (model check, face count) and the k nearest.
+
+        Both branches are gated by one-time filters on the state row, so only one runs: up to
+        ``max`` faces the plain column is scanned (exact; the expression index cannot serve it),
+        above, the HNSW index on ``embedding::vector(dim)`` is. A gallery re-embedded with another
+        model by another server matches neither branch: the caller sees the new model and refuses.
+        """
+        d = int(self.dim)
+        return (
+            "WITH s AS MATERIALIZED (SELECT model_id, dim, faces FROM gallery_state), "
+            "nn AS ("
+            " (SELECT id, person_id, embedding <=> %(q)s AS d FROM faces"
+            "  WHERE (SELECT faces FROM s) <= %(max)s AND (SELECT model_id FROM s) = %(model)s"
+            f"  AND (SELECT dim FROM s) = {d} ORDER BY d, id LIMIT %(k)s)"
+            " UNION ALL"
+            f" (SELECT id, person_id, embedding::vector({d}) <=> %(q)s::vector({d}) AS d FROM faces"
+            "  WHERE (SELECT faces FROM s) > %(max)s AND (SELECT model_id FROM s) = %(model)s"
+            f"  AND (SELECT dim FROM s) = {d} ORDER BY embedding::vector({d}) <=> %(q)s::vector({d}) LIMIT %(k)s)) "
+            "SELECT s.model_id, s.dim, nn.id, nn.person_id, p.name, nn.d "
+            "FROM s LEFT JOIN (nn JOIN people p ON p.id = nn.person_id) ON true ORDER BY nn.d, nn.id"
+        )
 
     def close(self) -> None:
         self._pool.close()

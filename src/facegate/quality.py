@@ -140,7 +140,7 @@ def judge(q: Quality, t: QualityThresholds) -> Verdict:
     if t.max_clipped is not None and q.clipped > t.max_clipped:
         r.append(f"over- or under-exposed: {q.clipped:.0%} of the face clipped > {t.max_clipped:.0%}")
     if t.min_sharpness is not None and q.sharpness < t.min_sharpness:
-        r.append(f"blurred: sharpness {q.sharpness:.0f} < {t.min_sharpness:.0f} (hold still, focus)")
+        r.append(f"blurred: sharpness {q.sharpness:.1f} < {t.min_sharpness:.1f} (hold still, focus)")
     if t.max_yaw is not None and q.yaw is not None and abs(q.yaw) > t.max_yaw:
         r.append(f"head turned: yaw {abs(q.yaw):.0f} deg > {t.max_yaw:.0f} (look at the camera)")
     if t.max_roll is not None and abs(q.roll) > t.max_roll:

@@ -1,0 +1,73 @@
+"""YuNet's five landmarks and the fallback detector, on a real face with the real models."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from facegate.config import Settings
+from facegate.detect import YuNetDetector
+from facegate.errors import NoFaceError
+from facegate.pipeline import Pipeline
+
+
+@pytest.fixture(scope="module")
+def yunet():
+    d = YuNetDetector(pool_size=1)
+    yield d
+    d.close()
+
+
+def test_yunet_points_follow_the_arcface_template_order(yunet, astronaut):
+    faces = yunet.detect(np.ascontiguousarray(astronaut))
+    assert len(faces) == 1 and faces[0].score > 0.8
+    kp = faces[0].keypoints
+    assert kp.shape == (5, 2)
+    left_eye, right_eye, nose, mouth_l, mouth_r = kp
+    assert left_eye[0] < nose[0] < right_eye[0] and mouth_l[0] < mouth_r[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+
+
+def test_landmarks_near_a_blazeface_box(yunet, detector, astronaut):
+    img = np.ascontiguousarray(astronaut)
+    blaze = detector.detect(img)[0]
+    near = yunet.landmarks_near(img, blaze)
+    assert near is not None
+    # The same eyes as YuNet on the whole photo, within a few pixels.
+    whole = yunet.detect(img)[0]
+    assert np.abs(near.keypoints[:2] - whole.keypoints[:2]).max() < 4.0
+
+
+def _wide_frame(astronaut: np.ndarray) -> np.ndarray:
+    """The astronaut at 0.6x in a grey 1280x720 frame: a ~55 px face, as a camera sees someone a few metres away."""
+    small = cv2.resize(np.ascontiguousarray(astronaut), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+    frame = np.full((720, 1280, 3), 96, np.uint8)
+    h, w = small.shape[:2]
+    frame[200 : 200 + h, 500 : 500 + w] = small
+    return frame
+
+
+def test_fallback_detector_finds_a_small_face_in_a_wide_frame(tmp_path, astronaut):
+    frame = _wide_frame(astronaut)
+    with_fb = Pipeline.from_settings(Settings(data_dir=tmp_path / "a"))
+    without = Pipeline.from_settings(Settings(data_dir=tmp_path / "b", fallback_detector="none"))
+    try:
+        with pytest.raises(NoFaceError):
+            without.locate(frame)
+        lf = with_fb.locate(frame)
+        x1, y1, x2, y2 = lf.box
+        assert 500 + 0.6 * 150 < (x1 + x2) / 2 < 500 + 0.6 * 300 and 200 < (y1 + y2) / 2 < 200 + 0.6 * 250
+        # Aligned from the small face, it is still the astronaut.
+        big = with_fb.locate(np.ascontiguousarray(astronaut))
+        a, b = with_fb.embed([lf.aligned, big.aligned])
+        assert float(a @ b) > 0.6
+        assert len(with_fb.identify_all(frame)) == 1 and without.identify_all(frame) == []
+    finally:
+        with_fb.close()
+        without.close()
+
+
+def test_yunet_alignment_is_the_default(tmp_path, astronaut):
+    """The setting chosen by `facegate eval --compare` (README, "Accuracy")."""
+    assert Settings(data_dir=tmp_path).landmarks == "yunet"

@@ -206,6 +206,11 @@ def test_unreachable_database_is_a_clear_error(postgres):
     with pytest.raises(ConnectionError, match="cannot connect") as ei:
         PgGallery("postgresql://postgres:secret@127.0.0.1:1/none", MODEL, DIM)
     assert "secret" not in str(ei.value)  # the password is not echoed
+    from facegate.gallery_pg import PgKeyStore
+
+    for opening in (lambda u: PgKeyStore(u), lambda u: PgGallery.open_existing(u)):
+        with pytest.raises(ConnectionError, match="cannot connect"):
+            opening("postgresql://postgres:secret@127.0.0.1:1/none")
 
 
 def test_hnsw_search_uses_the_pgvector_index_and_exact_does_not(pg_database):

@@ -54,6 +54,7 @@ class QualityOut(BaseModel):
     yaw: float | None = Field(None, description="Head turn estimated from the keypoints, degrees.")
     roll: float = Field(..., description="Eye-line tilt, degrees.")
     feature_norm: float | None = Field(None, description="Embedding feature norm (low for occluded or poor faces).")
+    coverage: float = Field(1.0, description="Share of the aligned face region inside the image sent (a tight crop cuts it).")
 
 
 def quality_out(ident) -> QualityOut | None:

@@ -12,6 +12,7 @@ FaceGate process, whose open transactions PostgreSQL rolls back.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -27,23 +28,42 @@ from conftest import ServerProcess, b64
 ENV = {"FACEGATE_EXACT_SEARCH_MAX": "0"}
 
 
-@pytest.fixture(scope="module")
-def face_images(astronaut, other_face):
-    """Photos of a few different-looking faces (two real people, in several lightings and crops)."""
+def _variants(astronaut, other_face) -> list[np.ndarray]:
+    """Photos of two real people in several lightings and crops."""
     out = []
     for base in (np.ascontiguousarray(astronaut), np.ascontiguousarray(other_face)):
         h, w = base.shape[:2]
         for gain in (0.7, 1.0, 1.3):
             img = np.clip(base.astype(np.float32) * gain, 0, 255).astype(np.uint8)
-            out.append(b64(img))
-            out.append(b64(np.ascontiguousarray(img[h // 16 :, w // 16 :])))
+            out += [img, np.ascontiguousarray(img[h // 16 :, w // 16 :])]
     return out
+
+
+@pytest.fixture(scope="module")
+def face_sources(astronaut, other_face) -> list[np.ndarray]:
+    return _variants(astronaut, other_face)
+
+
+@pytest.fixture(scope="module")
+def face_images(face_sources) -> list[str]:
+    """The probes (and, tweaked, the enrolment photos), base64."""
+    return [b64(img) for img in face_sources]
+
+
+_SERIALS = itertools.count(1)
+
+
+def unique_photo(img: np.ndarray) -> str:
+    """A photo no other enrolment uses (faint noise of its own): no two people ever share a vector
+    exactly, so every search has one right order, which a rebuilt index must give too."""
+    noise = np.random.default_rng(next(_SERIALS)).integers(-4, 5, img.shape)
+    return b64(np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8))
 
 
 class Writer(threading.Thread):
     """One client streaming registrations and deletions, keeping a ledger of what was acknowledged."""
 
-    def __init__(self, url: str, tag: str, images: list[str], owned: dict[str, int], seed: int) -> None:
+    def __init__(self, url: str, tag: str, images: list[np.ndarray], owned: dict[str, int], seed: int) -> None:
         super().__init__(daemon=True)
         self.url, self.tag, self.images, self.owned = url, tag, images, owned
         self.rng = random.Random(seed)
@@ -75,11 +95,14 @@ class Writer(threading.Thread):
                     else:
                         name = f"{self.tag}-{i}"
                         i += 1
-                        imgs = self.rng.sample(self.images, 3)
+                        imgs = [unique_photo(img) for img in self.rng.sample(self.images, 3)]
                         self.in_flight = ("register", name)
                         r = c.post("/register", json={"user_name": name, "first_img": imgs[0], "sec_img": imgs[1], "third_img": imgs[2]})
                         if r.status_code in (429, 503):  # busy or throttled: nothing was written; try again
                             self._wait(r)
+                            continue
+                        if r.status_code == 422 and r.json().get("code") == "poor_quality":
+                            self.in_flight = None  # refused by the quality gate: nothing written, as acknowledged
                             continue
                         if r.status_code != 200:
                             self.failure = f"register {name}: {r.status_code} {r.text}"
@@ -105,7 +128,7 @@ def _answers(url: str, probes: list[str]) -> list[tuple]:
         return out
 
 
-def test_sigkill_mid_stream_loses_nothing_acknowledged(store, face_images):
+def test_sigkill_mid_stream_loses_nothing_acknowledged(store, face_images, face_sources):
     data = store.data_dir
     env = ENV | store.env
     rng = random.Random(7)
@@ -115,7 +138,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(store, face_images):
     for rnd in range(4):
         server = ServerProcess(data, env=env).start()
         assert _gallery(server.url) == {n: 3 for n in present}
-        writers = [Writer(server.url, f"r{rnd}w{k}", face_images, {}, seed=rnd * 10 + k) for k in range(3)]
+        writers = [Writer(server.url, f"r{rnd}w{k}", face_sources, {}, seed=rnd * 10 + k) for k in range(3)]
         # Hand the people enrolled so far to the writers, so they delete old ones too.
         for j, name in enumerate(sorted(present)):
             writers[j % 3].owned[name] = ids[name]
@@ -167,7 +190,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(store, face_images):
     assert ops >= 8 and kills == 4
 
 
-def test_concurrent_writes_and_reads_end_as_acknowledged(store, face_images):
+def test_concurrent_writes_and_reads_end_as_acknowledged(store, face_images, face_sources):
     # A generous latency budget: requests queue (bounded) rather than being refused, so all kinds overlap.
     server = ServerProcess(store.data_dir, env=ENV | store.env | {"FACEGATE_LATENCY_BUDGET_S": "5"}).start()
     try:
@@ -187,7 +210,7 @@ def test_concurrent_writes_and_reads_end_as_acknowledged(store, face_images):
                     n += 1
             return n
 
-        writers = [Writer(server.url, f"w{k}", face_images, {}, seed=k) for k in range(6)]
+        writers = [Writer(server.url, f"w{k}", face_sources, {}, seed=k) for k in range(6)]
         with ThreadPoolExecutor(4) as pool:
             reads = [pool.submit(reader) for _ in range(4)]
             try:

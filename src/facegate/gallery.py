@@ -816,7 +816,7 @@ class Gallery:
         if use_exact:
             sims = vectors @ q
             top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
-            top = top[np.argsort(-sims[top], kind="stable")]
+            top = top[np.lexsort((ids[top], -sims[top]))]  # ties to the older face, as below
             hits = [(int(ids[i]), float(sims[i]), int(persons[i])) for i in top]
         else:
             with self._index_lock.read():
@@ -831,6 +831,7 @@ class Gallery:
                 (int(f), 1.0 - float(d), int(persons[i]) if i < n and ids[i] == f else None)
                 for f, d, i in zip(labels[0], dists[0], pos)
             ]
+            hits.sort(key=lambda h: (-h[1], h[0]))  # equal similarities in a fixed order, whatever the graph
         return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid is not None and pid in names]
 
     def close(self) -> None:

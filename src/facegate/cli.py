@@ -17,6 +17,7 @@ from rich.table import Table
 from . import audit
 from .cli_security import audit_command, check_exposure, gallery_encrypt, gallery_new_key, keys_app
 from .camera import client_app
+from .backends import describe
 from .config import Settings, load_settings, settings_for_workers
 from .errors import FaceGateError
 
@@ -53,8 +54,8 @@ def _pipeline(settings: Settings, batching: bool = False):
 
     try:
         return Pipeline.from_settings(settings, batching=batching)
-    except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
+    except (FaceGateError, ConnectionError) as exc:
+        console.print(f"[red]error:[/red] {escape(getattr(exc, 'message', str(exc)))}")
         raise typer.Exit(1) from None
 
 
@@ -77,6 +78,9 @@ def serve(
         Optional[bool], typer.Option("--allow-no-auth", help="Serve on a public interface although no API key exists.")
     ] = None,
     tunnel: Annotated[Optional[str], typer.Option(help="Expose through a tunnel: ngrok (needs pyngrok and API keys).")] = None,
+    gallery: Annotated[
+        Optional[str], typer.Option(help="postgresql://... to keep the gallery in PostgreSQL + pgvector (shared by many servers).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the HTTP server (the reference /register and /predict, and /v1)."""
@@ -95,6 +99,7 @@ def serve(
         threshold=threshold,
         workers=workers,
         allow_no_auth=allow_no_auth,
+        gallery=gallery,
     )
     if tunnel not in (None, "ngrok"):
         console.print(f"[red]error:[/red] unknown tunnel {escape(tunnel)!r}; the one supported is ngrok")
@@ -104,7 +109,7 @@ def serve(
     pipe = _pipeline(s, batching=s.workers == 1)  # load first: a refusal is a message, not a traceback
     console.print(
         f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"
-        f"  (data: {escape(str(s.data_dir))}, docs: /docs)"
+        f"  (gallery: {escape(describe(s))}, docs: /docs)"
     )
     server_opts = dict(
         host=s.host,
@@ -175,7 +180,7 @@ def enroll(
             for pth in paths:
                 try:
                     img = read_image_file(str(pth), pipe.limits)
-                    pipe.locate(img, field=pth.name)  # check before storing anything
+                    pipe.check_enrollable(img, field=pth.name)  # check face and quality before storing anything
                     images.append(img)
                     labels.append(pth.name)
                 except FaceGateError as exc:
@@ -242,13 +247,13 @@ def identify(
 
 
 def _gallery(settings: Settings):
-    """The gallery as it is on disk, opened without loading any model."""
-    from .gallery import Gallery
+    """The gallery as it is stored (data_dir or PostgreSQL), opened without loading any model."""
+    from .backends import open_existing_gallery
 
     try:
-        return Gallery.open_existing(settings.data_dir, encryption_key=settings.encryption_key)
-    except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        return open_existing_gallery(settings)
+    except (FaceGateError, ConnectionError) as exc:
+        console.print(f"[red]error:[/red] {escape(getattr(exc, 'message', str(exc)))}")
         raise typer.Exit(1) from None
 
 
@@ -275,7 +280,7 @@ def people_delete(
     s = _settings(config, data_dir=data)
     gallery = _gallery(s)
     if gallery is None:
-        console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}")
+        console.print(f"[red]error:[/red] no gallery in {escape(describe(s))}")
         raise typer.Exit(1)
     try:
         person = gallery.find_person(who)
@@ -352,7 +357,7 @@ def gallery_reembed(
     s = _settings(config, data_dir=data, model=model, tta=tta)
     gallery = _gallery(s)
     if gallery is None:
-        console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}")
+        console.print(f"[red]error:[/red] no gallery in {escape(describe(s))}")
         raise typer.Exit(1)
     try:
         embedder = FlipTTA(load_embedder(s.model, threads=s.inference_threads, models_dir=s.models_dir), s.tta)
@@ -370,6 +375,15 @@ def gallery_reembed(
         gallery.close()
     console.print(f"re-embedded {n} faces: {escape(old)} -> {escape(embedder.model_id)}")
     console.print(f"serve with: facegate serve --model {escape(s.model)} --tta {s.tta}")
+
+
+from .cli_eval import calibrate_command, eval_command  # noqa: E402  (issue 5: accuracy commands live in cli_eval)
+
+app.command("eval")(eval_command)
+app.command("calibrate")(calibrate_command)
+from .gallery_migrate import migrate_command  # noqa: E402  (issue 8: PostgreSQL gallery)
+
+gallery_app.command("migrate")(migrate_command)
 
 
 def main() -> None:

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 TTAMode = Literal["none", "concat", "sum", "normsum"]
 DetectorName = Literal["short", "full"]
+LandmarkSource = Literal["yunet", "blazeface"]
+FallbackDetector = Literal["yunet", "none"]
 
 
 def default_data_dir() -> Path:
@@ -70,6 +72,29 @@ class Settings(BaseSettings):
     )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gallery.")
 
+    # ---- alignment landmarks and quality gate (issue 5); values chosen by `facegate eval --compare`, README "Accuracy"
+    landmarks: LandmarkSource = Field(
+        "yunet", description="Alignment points: YuNet's 5 (run around BlazeFace's box) or BlazeFace's own 4."
+    )
+    fallback_detector: FallbackDetector = Field(
+        "yunet", description="Detector tried when BlazeFace finds no face (small faces in a wide frame), or none."
+    )
+    quality_gate: bool = Field(True, description="Refuse poor faces at enrolment; answer 'retry' to poor probes.")
+    enroll_min_face_px: float | None = Field(48.0, ge=0, description="Enrolment: smallest face (px of the aligned region).")
+    enroll_min_sharpness: float | None = Field(2.0, ge=0, description="Enrolment: least sharpness (Laplacian variance / contrast).")
+    enroll_min_brightness: float | None = Field(40.0, ge=0, le=255, description="Enrolment: darkest mean grey level.")
+    enroll_max_brightness: float | None = Field(225.0, ge=0, le=255, description="Enrolment: brightest mean grey level.")
+    enroll_max_yaw: float | None = Field(45.0, ge=0, le=90, description="Enrolment: largest head turn, degrees.")
+    enroll_min_feature_norm: float | None = Field(
+        None, ge=0, description="Enrolment: least embedding feature norm; None: the model's measured default; 0: off."
+    )
+    retry_min_face_px: float | None = Field(24.0, ge=0, description="Identify: below this face size, answer 'retry'.")
+    retry_min_sharpness: float | None = Field(0.5, ge=0, description="Identify: below this sharpness, answer 'retry'.")
+    retry_min_brightness: float | None = Field(10.0, ge=0, le=255, description="Identify: below this brightness, 'retry'.")
+    retry_min_feature_norm: float | None = Field(
+        None, ge=0, description="Identify: below this feature norm, 'retry'; None: the model's measured default; 0: off."
+    )
+
     # Trust (README, "Security").
     allow_no_auth: bool = Field(
         False, description="Serve on a non-loopback interface although no API key exists (anyone reaching it gets admin)."
@@ -89,6 +114,24 @@ class Settings(BaseSettings):
         repr=False,
         description="Fernet key sealing face vectors and crops at rest (set FACEGATE_ENCRYPTION_KEY; never store it beside the data).",
     )
+
+    # ---- gallery backend (issue 8, README "Scaling out")
+    gallery: str | None = Field(
+        None,
+        repr=False,  # a URL may hold a password
+        description="None: the embedded gallery (SQLite + hnswlib) in data_dir; a postgresql:// URL: PostgreSQL + pgvector, shared by many servers.",
+    )
+    pg_ef_search: int = Field(200, ge=1, le=1000, description="pgvector hnsw.ef_search: candidates per HNSW query (bench/pg_search.py: recall@5 0.993 at 100k).")
+    pg_pool_size: int = Field(10, ge=2, le=200, description="Database connections per server process at most.")
+
+    @field_validator("gallery")
+    @classmethod
+    def _gallery_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if v.split("://", 1)[0] not in ("postgresql", "postgres"):
+            raise ValueError("gallery must be a postgresql:// URL (or unset for the embedded gallery in data_dir)")
+        return v.strip()
 
     @property
     def models_dir(self) -> Path:

@@ -24,6 +24,7 @@ def test_healthz_reports_model_threshold_and_tta(http):
     assert h["model"] == "sface-2021dec/tta-sum"
     assert h["tta"] in ("none", "concat", "sum")
     assert 0.0 < h["threshold"] < 1.0
+    assert (h["landmarks"], h["fallback_detector"], h["quality_gate"]) == ("yunet", "yunet", True)
     assert h["gallery"] == {"people": 0, "faces": 0, "search": "exact"}
 
 

@@ -163,6 +163,9 @@ class Health(BaseModel):
     threshold: float
     tta: Literal["none", "concat", "sum", "normsum"]
     top_k: int
+    landmarks: str = Field(..., description="Alignment points: yunet (5) or blazeface (4).")
+    fallback_detector: str = Field(..., description="Detector tried when BlazeFace finds no face, or none.")
+    quality_gate: bool = Field(..., description="Poor faces refused at enrolment and answered 'retry' at identification.")
     gallery: GalleryHealth
 
 

@@ -253,5 +253,8 @@ async def healthz(pipeline: PipelineDep) -> Health:
         threshold=pipeline.threshold,
         tta=pipeline.settings.tta,
         top_k=pipeline.settings.top_k,
+        landmarks=pipeline.settings.landmarks,
+        fallback_detector=pipeline.settings.fallback_detector,
+        quality_gate=pipeline.settings.quality_gate,
         gallery=GalleryHealth(people=people, faces=faces, search=mode),
     )

@@ -192,6 +192,10 @@ def main() -> int:
     model = model_limit(threads)
     body = predict_body()
     tmp = tempfile.TemporaryDirectory()
+    # Every simulated client comes from 127.0.0.1: the per-address and per-key rate limits (abuse
+    # protection, 100/s by default) would measure themselves, not the server. Off for the server we start.
+    os.environ.setdefault("FACEGATE_RATE_LIMIT_PER_IP", "")
+    os.environ.setdefault("FACEGATE_RATE_LIMIT_PER_KEY", "")
     proc, url = (None, args.url) if args.url else start_server(tmp.name, shlex.split(args.serve_args))
     try:
         import httpx

@@ -79,7 +79,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -92,10 +91,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 LFW = SHARED / "faces" / "lfw-dev"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from facegate.devdb import free_port  # noqa: E402  (re-exported for the test modules)
 
 
 class ServerProcess:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 
 from conftest import ServerProcess

@@ -18,7 +18,9 @@ from . import audit
 from .cli_security import audit_command, check_exposure, gallery_encrypt, gallery_new_key, keys_app
 from .camera import client_app
 from .backends import describe
-from .config import Settings, load_settings, settings_for_workers
+from .cli_common import ConfigOpt, DataOpt, console
+from .cli_common import settings as settings_from_flags
+from .config import Settings, settings_for_workers
 from .errors import FaceGateError
 
 app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
@@ -33,20 +35,10 @@ app.add_typer(keys_app, name="keys")
 app.command("audit")(audit_command)
 gallery_app.command("encrypt")(gallery_encrypt)
 gallery_app.command("new-key")(gallery_new_key)
-console = Console(stderr=True)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory (else $FACEGATE_DATA_DIR).")]
-
-
-def _settings(config: Path | None, **overrides) -> Settings:
-    try:
-        return load_settings(config, **overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+_settings = settings_from_flags
 
 
 def _pipeline(settings: Settings, batching: bool = False):

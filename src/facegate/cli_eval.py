@@ -17,11 +17,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .cli_common import ConfigOpt, console
 from .config import load_settings
 
-console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
 
 
 def _progress_factory(bar: Progress):

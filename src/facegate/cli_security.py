@@ -4,34 +4,25 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sqlite3
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .config import Settings, load_settings
+from .cli_common import ConfigOpt, DataOpt, console, fail, settings
+from .config import Settings
 from .errors import FaceGateError
-from .gallery import DB_NAME
 from .backends import KeyBackend, open_keys
 from .keys import ROLES
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
-console = Console(stderr=True)
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory (else $FACEGATE_DATA_DIR).")]
 
 
 def _settings(config: Path | None, data: Path | None) -> Settings:
-    try:
-        return load_settings(config, data_dir=data)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    return settings(config, data_dir=data)
 
 
 def key_store(settings: Settings) -> KeyBackend:
@@ -39,8 +30,7 @@ def key_store(settings: Settings) -> KeyBackend:
     try:
         return open_keys(settings)
     except ConnectionError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+        fail(str(exc), 1)
 
 
 def is_loopback(host: str) -> bool:
@@ -93,8 +83,7 @@ def keys_create(
     try:
         key, plain = store.create(role, name)
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(2) from None
+        fail(exc.message, 2)
     finally:
         store.close()
     console.print(f"created {key.role} key {key.id}{' (' + escape(name) + ')' if name else ''}; keep it now, it is not shown again:")
@@ -126,8 +115,7 @@ def keys_revoke(
     try:
         key = store.revoke(key_id)
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from None
+        fail(exc.message, 1)
     finally:
         store.close()
     console.print(f"revoked {key.role} key {key.id} at {key.revoked_at}")
@@ -140,27 +128,11 @@ def audit_command(
     config: ConfigOpt = None,
 ) -> None:
     """The audit log: who enrolled, deleted, exported or managed keys, and when (newest first)."""
-    from . import audit
-
-    s = _settings(config, data)
-    store = key_store(s)  # creates the tables if there is no gallery yet
-    if s.gallery:
-        try:
-            entries = store.audit_log(limit)
-        finally:
-            store.close()
-        _print_audit(entries, as_json)
-        return
-    store.close()
-    con = sqlite3.connect(f"file:{s.data_dir / DB_NAME}?mode=ro", uri=True)
+    store = key_store(_settings(config, data))  # the log lives beside the keys (creates the tables if need be)
     try:
-        entries = audit.read(con, limit)
+        entries = store.audit_log(limit)
     finally:
-        con.close()
-    _print_audit(entries, as_json)
-
-
-def _print_audit(entries: list, as_json: bool) -> None:
+        store.close()
     if as_json:
         for e in entries:
             print(json.dumps(e.__dict__))
@@ -193,16 +165,14 @@ def gallery_encrypt(data: DataOpt = None, config: ConfigOpt = None) -> None:
     try:
         gallery = Gallery.open_existing(s.data_dir)
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from None
+        fail(exc.message, 1)
     if gallery is None:
         console.print(f"[red]error:[/red] no gallery in {escape(str(s.data_dir))}; a new one is sealed from the start")
         raise typer.Exit(1)
     try:
         n = gallery.seal_existing(s.encryption_key)
     except FaceGateError as exc:
-        console.print(f"[red]error:[/red] {escape(exc.message)}")
-        raise typer.Exit(1) from None
+        fail(exc.message, 1)
     finally:
         gallery.close()
     console.print(f"sealed {n} faces in {escape(str(s.data_dir))}; serve with the same FACEGATE_ENCRYPTION_KEY")

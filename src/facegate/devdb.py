@@ -50,7 +50,8 @@ def _others_can_run(bin_dir: Path) -> bool:
     return bool((bin_dir / "postgres").stat().st_mode & stat.S_IXOTH)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -114,7 +115,7 @@ class DevPostgres:
         if init.returncode != 0:
             self.stop()
             raise DevDBError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
-        self.port = _free_port()
+        self.port = free_port()
         log = open(self.root / "server.log", "wb")
         if self._ids:
             os.chown(self.root / "server.log", self._ids["user"], self._ids["group"])

@@ -213,7 +213,38 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-class Gallery:
+def check_vectors(faces: Sequence[NewFace], dim: int, model_id: str) -> np.ndarray:
+    """The faces' vectors as one float32 matrix, refused unless they fit the gallery (any backend)."""
+    if not faces:
+        raise ValueError("at least one face is needed")
+    vecs = np.vstack([np.asarray(f.embedding, dtype=np.float32).reshape(1, -1) for f in faces])
+    if vecs.shape[1] != dim:
+        raise ModelMismatchError(f"embedding has {vecs.shape[1]} dimensions; this gallery's model {model_id} has {dim}")
+    if not np.all(np.isfinite(vecs)):
+        raise ValueError("embedding contains non-finite values")
+    return vecs
+
+
+class GalleryCounts:
+    """``face_count``, ``person_count`` and ``search_mode`` from a backend's ``stats()``."""
+
+    def stats(self) -> tuple[int, int, str]:
+        raise NotImplementedError
+
+    @property
+    def face_count(self) -> int:
+        return self.stats()[1]
+
+    @property
+    def person_count(self) -> int:
+        return self.stats()[0]
+
+    @property
+    def search_mode(self) -> str:
+        return self.stats()[2]
+
+
+class Gallery(GalleryCounts):
     """People and their face vectors in ``data_dir``; nearest-neighbour search over all faces."""
 
     def __init__(
@@ -594,16 +625,6 @@ class Gallery:
         self._dirty.set()
 
     # ------------------------------------------------------------------ writes
-    def _check_vectors(self, faces: Sequence[NewFace]) -> np.ndarray:
-        if not faces:
-            raise ValueError("at least one face is needed")
-        vecs = np.vstack([np.asarray(f.embedding, dtype=np.float32).reshape(1, -1) for f in faces])
-        if vecs.shape[1] != self.dim:
-            raise ModelMismatchError(f"embedding has {vecs.shape[1]} dimensions; this gallery's model {self.model_id} has {self.dim}")
-        if not np.all(np.isfinite(vecs)):
-            raise ValueError("embedding contains non-finite values")
-        return vecs
-
     def _insert_faces(self, cur: sqlite3.Cursor, person_id: int, faces: Sequence[NewFace], vecs: np.ndarray, model_id: str) -> list[int]:
         if model_id != self.model_id:
             raise ModelMismatchError(f"embeddings made by {model_id} cannot join a gallery of {self.model_id}")
@@ -630,7 +651,7 @@ class Gallery:
     def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
         name = clean_name(name, max_name_length)
-        vecs = self._check_vectors(faces)
+        vecs = check_vectors(faces, self.dim, self.model_id)
         with self._lock:
             self._sync()
             with self._tx() as cur:
@@ -644,7 +665,7 @@ class Gallery:
             return self.get_person(pid)
 
     def add_faces(self, person_id: int, faces: Sequence[NewFace], model_id: str) -> Person:
-        vecs = self._check_vectors(faces)
+        vecs = check_vectors(faces, self.dim, self.model_id)
         with self._lock:
             self._sync()
             with self._tx() as cur:
@@ -782,18 +803,6 @@ class Gallery:
             self._sync()
             n = self._table.n
             return len(self._names), n, "exact" if n <= self.exact_search_max else "hnsw"
-
-    @property
-    def face_count(self) -> int:
-        return self.stats()[1]
-
-    @property
-    def person_count(self) -> int:
-        return self.stats()[0]
-
-    @property
-    def search_mode(self) -> str:
-        return self.stats()[2]
 
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
         """The ``k`` faces most similar (cosine) to ``query``, nearest first.

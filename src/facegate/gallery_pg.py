@@ -18,8 +18,6 @@ Same interface as the embedded ``facegate.gallery.Gallery`` (``facegate.backends
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import re
@@ -35,8 +33,8 @@ import numpy as np
 
 from . import audit
 from .errors import EncryptionError, KeyRequestError, ModelMismatchError, PersonExistsError, PersonNotFoundError
-from .gallery import FaceRecord, NewFace, Person, clean_name, name_key
-from .keys import PREFIX, ROLES, ApiKey, parse
+from .gallery import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, name_key
+from .keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
 from .rank import Neighbour
 
 log = logging.getLogger(__name__)
@@ -146,7 +144,7 @@ def _index_name(dim: int) -> str:
     return f"faces_hnsw_{int(dim)}"
 
 
-class PgGallery:
+class PgGallery(GalleryCounts):
     """People and face vectors in a PostgreSQL database (``url``); nearest-neighbour search by pgvector."""
 
     #: No index file to rebuild: kept for interface parity with the embedded gallery.
@@ -293,16 +291,6 @@ class PgGallery:
             )
 
     # ------------------------------------------------------------------ writes
-    def _check_vectors(self, faces: Sequence[NewFace]) -> np.ndarray:
-        if not faces:
-            raise ValueError("at least one face is needed")
-        vecs = np.vstack([np.asarray(f.embedding, dtype=np.float32).reshape(1, -1) for f in faces])
-        if vecs.shape[1] != self.dim:
-            raise ModelMismatchError(f"embedding has {vecs.shape[1]} dimensions; this gallery's model {self.model_id} has {self.dim}")
-        if not np.all(np.isfinite(vecs)):
-            raise ValueError("embedding contains non-finite values")
-        return vecs
-
     def _insert_faces(self, con, person_id: int, faces: Sequence[NewFace], vecs: np.ndarray, model_id: str) -> list[int]:
         if model_id != self.model_id:
             raise ModelMismatchError(f"embeddings made by {model_id} cannot join a gallery of {self.model_id}")
@@ -336,7 +324,7 @@ class PgGallery:
     def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
         name = clean_name(name, max_name_length)
-        vecs = self._check_vectors(faces)
+        vecs = check_vectors(faces, self.dim, self.model_id)
         if model_id != self.model_id:
             raise ModelMismatchError(f"embeddings made by {model_id} cannot join a gallery of {self.model_id}")
         with self._tx() as (con, state):
@@ -355,7 +343,7 @@ class PgGallery:
         return self.get_person(pid)
 
     def add_faces(self, person_id: int, faces: Sequence[NewFace], model_id: str) -> Person:
-        vecs = self._check_vectors(faces)
+        vecs = check_vectors(faces, self.dim, self.model_id)
         with self._tx() as (con, state):
             self._check_current(state)
             if con.execute("SELECT 1 FROM people WHERE id = %s FOR UPDATE", (person_id,)).fetchone() is None:
@@ -477,18 +465,6 @@ class PgGallery:
             people, faces = con.execute("SELECT people, faces FROM gallery_state").fetchone()
         return int(people), int(faces), "exact" if faces <= self.exact_search_max else "hnsw"
 
-    @property
-    def face_count(self) -> int:
-        return self.stats()[1]
-
-    @property
-    def person_count(self) -> int:
-        return self.stats()[0]
-
-    @property
-    def search_mode(self) -> str:
-        return self.stats()[2]
-
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
         """The ``k`` faces most similar (cosine) to ``query``, nearest first, as the database holds them now."""
         q = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -561,11 +537,7 @@ class PgKeyStore:
 
     def create(self, role: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key; returns its record and the plain key (shown once, never stored)."""
-        if role not in ROLES:
-            raise KeyRequestError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
-        if len(name) > 100 or any(ord(c) < 32 for c in name):
-            raise KeyRequestError("key name: at most 100 printable characters", field="name")
-        secret = secrets.token_urlsafe(32)
+        secret = new_secret(role, name)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with self._pool.connection() as con, con.transaction():
             while True:
@@ -573,12 +545,12 @@ class PgKeyStore:
                 row = con.execute(
                     "INSERT INTO api_keys (id, role, name, secret_sha256, created_at) VALUES (%s, %s, %s, %s, %s) "
                     "ON CONFLICT (id) DO NOTHING RETURNING id",
-                    (kid, role, name, hashlib.sha256(secret.encode()).hexdigest(), now),
+                    (kid, role, name, secret_hash(secret), now),
                 ).fetchone()
                 if row is not None:
                     break
             _audit(con, audit.KEY_CREATE, None, key=kid, role=role)
-        return ApiKey(kid, role, name, now, None), f"{PREFIX}{kid}_{secret}"
+        return ApiKey(kid, role, name, now, None), plain_key(kid, secret)
 
     def revoke(self, key_id: str) -> ApiKey:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -612,7 +584,7 @@ class PgKeyStore:
         if row is None:
             return None
         role, digest = row
-        return (kid, role) if hmac.compare_digest(digest, hashlib.sha256(secret.encode()).hexdigest()) else None
+        return (kid, role) if matches(digest, secret) else None
 
     def audit_log(self, limit: int = 100, before: int | None = None) -> list[audit.AuditEntry]:
         with self._pool.connection() as con:

@@ -52,8 +52,26 @@ class ApiKey:
         return self.revoked_at is None
 
 
-def _sha(secret: str) -> str:
+def secret_hash(secret: str) -> str:
+    """What is stored of a key's secret."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def matches(stored_hash: str, secret: str) -> bool:
+    return hmac.compare_digest(stored_hash, secret_hash(secret))
+
+
+def new_secret(role: str, name: str) -> str:
+    """A fresh secret for a key request, refused unless the role and label are acceptable (any backend)."""
+    if role not in ROLES:
+        raise KeyRequestError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
+    if len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise KeyRequestError("key name: at most 100 printable characters", field="name")
+    return secrets.token_urlsafe(32)
+
+
+def plain_key(key_id: str, secret: str) -> str:
+    return f"{PREFIX}{key_id}_{secret}"
 
 
 def _now() -> str:
@@ -100,11 +118,7 @@ class KeyStore:
 
     def create(self, role: str, name: str = "") -> tuple[ApiKey, str]:
         """A new key; returns its record and the plain key (shown once, never stored)."""
-        if role not in ROLES:
-            raise KeyRequestError(f"role must be one of {', '.join(ROLES)}, not {role!r}", field="role")
-        if len(name) > 100 or any(ord(c) < 32 for c in name):
-            raise KeyRequestError("key name: at most 100 printable characters", field="name")
-        secret = secrets.token_urlsafe(32)
+        secret = new_secret(role, name)
         with self._lock:
             while True:
                 kid = secrets.token_hex(4)
@@ -116,14 +130,14 @@ class KeyStore:
             try:
                 cur.execute(
                     "INSERT INTO api_keys (id, role, name, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (kid, role, name, _sha(secret), now),
+                    (kid, role, name, secret_hash(secret), now),
                 )
                 audit.record(cur, audit.KEY_CREATE, None, key=kid, role=role)
                 cur.execute("COMMIT")
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
-        return ApiKey(kid, role, name, now, None), f"{PREFIX}{kid}_{secret}"
+        return ApiKey(kid, role, name, now, None), plain_key(kid, secret)
 
     def revoke(self, key_id: str) -> ApiKey:
         with self._lock:
@@ -149,6 +163,11 @@ class KeyStore:
             rows = self._db.execute("SELECT id, role, name, created_at, revoked_at FROM api_keys ORDER BY created_at, id").fetchall()
         return [ApiKey(*r) for r in rows]
 
+    def audit_log(self, limit: int = 100, before: int | None = None) -> list[audit.AuditEntry]:
+        """The audit trail kept in the same database (newest first)."""
+        with self._lock:
+            return audit.read(self._db, limit, before)
+
     def enforcing(self) -> bool:
         """True once any active key exists: from then on every protected route needs a key."""
         with self._lock:
@@ -167,4 +186,4 @@ class KeyStore:
         if found is None:
             return None
         role, digest = found
-        return (kid, role) if hmac.compare_digest(digest, _sha(secret)) else None
+        return (kid, role) if matches(digest, secret) else None

@@ -28,6 +28,8 @@ CROP_QUALITY = 95
 
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
+#: The decision given to a face too poor to name: nobody, similarity 0 (the answer's status is "retry").
+RETRY = Decision(None, None, 0.0, 0, 0)
 
 
 def _eyes_agree(detected: np.ndarray, given: np.ndarray, tolerance: float = 0.3) -> bool:
@@ -244,10 +246,13 @@ class Pipeline:
     def check_enrollable(self, image: np.ndarray, *, field: str = "image") -> LocatedFace:
         """Locate the face and apply the enrolment gate; raises NoFaceError or PoorQualityError (with reasons)."""
         lf = self.locate(image, field=field)
+        self._refuse_if_poor(lf, field)
+        return lf
+
+    def _refuse_if_poor(self, lf: LocatedFace, field: str) -> None:
         verdict = self.judge_enroll(lf)
         if not verdict.ok:
             raise PoorQualityError(f"{field}: face too poor to enrol: {'; '.join(verdict.reasons)}", field=field, reasons=verdict.reasons)
-        return lf
 
     # ------------------------------------------------------------------ use cases
     def _new_faces(self, images: Sequence[np.ndarray], fields: Sequence[str]) -> list[NewFace]:
@@ -255,9 +260,7 @@ class Pipeline:
         vecs, norms = self.embed_with_norm([lf.aligned for lf in located])
         if self.settings.quality_gate:  # the feature norm is known only now
             for lf, n, f in zip(located, norms, fields):
-                verdict = self.judge_enroll(replace(lf, quality=replace(lf.quality, feature_norm=float(n))))
-                if not verdict.ok:
-                    raise PoorQualityError(f"{f}: face too poor to enrol: {'; '.join(verdict.reasons)}", field=f, reasons=verdict.reasons)
+                self._refuse_if_poor(replace(lf, quality=replace(lf.quality, feature_norm=float(n))), f)
         keep = self.settings.keep_crops
         return [NewFace(v, encode_jpeg(lf.aligned, CROP_QUALITY) if keep else None, f) for v, lf, f in zip(vecs, located, fields)]
 
@@ -291,13 +294,13 @@ class Pipeline:
         it = iter(zip(vecs, norms))
         for lf, v in zip(located, verdicts):
             if not v.ok:
-                out.append(Identification(lf, Decision(None, None, 0.0, 0, 0), self.threshold, v))
+                out.append(Identification(lf, RETRY, self.threshold, v))
                 continue
             vec, norm = next(it)
             lf = replace(lf, quality=replace(lf.quality, feature_norm=float(norm)))
             v = self.judge_probe(lf)
             if not v.ok:
-                out.append(Identification(lf, Decision(None, None, 0.0, 0, 0), self.threshold, v))
+                out.append(Identification(lf, RETRY, self.threshold, v))
                 continue
             out.append(Identification(lf, self.decide(vec), self.threshold, v))
         return out

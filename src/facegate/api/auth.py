@@ -100,17 +100,23 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
-        if keys is None or not keys.enforcing():
-            token = audit.current_actor.set(f"open@{addr}")
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                audit.current_actor.reset(token)
-            return
-        headers = dict(scope.get("headers") or [])
-        key = presented_key(headers)
-        found = keys.check(key) if key else None
-        if found is None:
+        key = presented_key(dict(scope.get("headers") or []))
+        # A valid key settles it in one lookup; whether keys are on at all is asked only without one.
+        found = keys.check(key) if keys is not None and key else None
+        if found is not None:
+            key_id, key_role = found
+            if role not in GRANTS[key_role]:
+                await send_error(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
+                return
+            wait = self.limits.key(key_id)
+            if wait is not None:
+                await self._too_many(send, wait, f"too many requests with key {key_id}")
+                return
+            scope.setdefault("state", {})["principal"] = (key_id, key_role)
+            actor = f"key:{key_id}@{addr}"
+        elif keys is None or not keys.enforcing():
+            actor = f"open@{addr}"
+        else:
             wait = self.limits.failed_auth(addr)
             if wait is not None:  # a valid key from the same address still works
                 await self._too_many(send, wait, "too many requests with a missing or wrong API key")
@@ -124,16 +130,7 @@ class AuthMiddleware:
                 [(b"www-authenticate", b'Bearer realm="facegate"')],
             )
             return
-        key_id, key_role = found
-        if role not in GRANTS[key_role]:
-            await send_error(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
-            return
-        wait = self.limits.key(key_id)
-        if wait is not None:
-            await self._too_many(send, wait, f"too many requests with key {key_id}")
-            return
-        scope.setdefault("state", {})["principal"] = (key_id, key_role)
-        token = audit.current_actor.set(f"key:{key_id}@{addr}")
+        token = audit.current_actor.set(actor)
         try:
             await self.app(scope, receive, send)
         finally:

@@ -23,6 +23,19 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+class _Watched:
+    """``send``, noting whether the response has begun (after which no error answer can be sent)."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, msg: Message) -> None:
+        if msg["type"] == "http.response.start":
+            self.started = True
+        await self._send(msg)
+
+
 class BodyTooLarge(HTTPException):
     """An HTTPException so that FastAPI's body parsing re-raises it as it is (413), not as a 400."""
 
@@ -52,7 +65,7 @@ class BodyLimitMiddleware:
                     await send_error(send, 413, "request_too_large", self._message(declared), close=True)
                     return
         seen = 0
-        started = False
+        sent = _Watched(send)
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -63,16 +76,10 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(self._message(seen))
             return msg
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, sent)
         except BodyTooLarge:
-            if not started:
+            if not sent.started:
                 await send_error(send, 413, "request_too_large", self._message(seen), close=True)
 
     def _message(self, n: int) -> str:
@@ -118,7 +125,7 @@ class TimeoutMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        sent = _Watched(send)
         body_done = scope.get("method") in ("GET", "HEAD", "DELETE", "OPTIONS")
 
         async def tracking_receive() -> Message:
@@ -128,15 +135,9 @@ class TimeoutMiddleware:
                 body_done = True
             return msg
 
-        async def tracking_send(msg: Message) -> None:
-            nonlocal started
-            if msg["type"] == "http.response.start":
-                started = True
-            await send(msg)
-
         with anyio.move_on_after(self.timeout_s) as scope_:
-            await self.app(scope, tracking_receive, tracking_send)
-        if scope_.cancelled_caught and not started:
+            await self.app(scope, tracking_receive, sent)
+        if scope_.cancelled_caught and not sent.started:
             if body_done:
                 status, code = 503, "timeout"
                 detail = f"the request was not answered within {self.timeout_s:g} s; retry shortly"

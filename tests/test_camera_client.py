@@ -234,38 +234,63 @@ def test_client_waits_for_a_restarted_server(tmp_path, astronaut_frame, astronau
         _stop(server)
 
 
+def _busy_photo(frame: np.ndarray) -> bytes:
+    """A photo cheap to send and dear to answer: 16 faces in a 1600x1600 JPEG (about 0.5 MB), so a
+    caller posting it in a loop keeps the server's model busy nearly all the time."""
+    tile = cv2.resize(np.ascontiguousarray(frame), (400, 300))
+    grid = np.vstack([np.hstack([tile] * 4)] * 4)
+    return cv2.imencode(".jpg", cv2.cvtColor(grid, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+
+
 def test_client_honours_retry_after_from_a_busy_server(start_server, tmp_path, astronaut_frame, astronaut_payloads):
-    # One request in progress at most, and one is always in progress: a background caller keeps the
-    # server decoding a large photo (/v1/identify), so the real admission control refuses every
-    # /predict with 503 and Retry-After: 1 (an idle server always accepts; this one is never idle).
-    server = start_server(None, env={"FACEGATE_MAX_PENDING": "1"})
+    # One request in progress at most, and one nearly always in progress: two background callers keep
+    # the server identifying 16 faces at a time (/v1/identify), so the real admission control refuses
+    # /predict with 503 and Retry-After: 1. The window between two busy calls (a new body being read)
+    # is short but real, so a rare /predict may get through; what is checked is what the client does
+    # after each 503, not that every request was refused.
+    # Every caller here is 127.0.0.1: the per-address rate limit (429) would answer before admission does.
+    server = start_server(None, env={"FACEGATE_MAX_PENDING": "1", "FACEGATE_RATE_LIMIT_PER_IP": ""})
     with server.client() as http:
         http.post("/register", json=astronaut_payloads[0]).raise_for_status()
-    big = cv2.imencode(".jpg", cv2.resize(np.ascontiguousarray(astronaut_frame), (5000, 5000)), [cv2.IMWRITE_JPEG_QUALITY, 80])[1]
+    photo = _busy_photo(astronaut_frame)
     stop = threading.Event()
+    busy_calls: list[tuple[int, float]] = []
 
     def keep_busy() -> None:
         with httpx.Client(base_url=server.url, timeout=120) as c:
             while not stop.is_set():
-                c.post("/v1/identify", files={"image": ("big.jpg", big.tobytes(), "image/jpeg")})
+                t0 = time.monotonic()
+                r = c.post("/v1/identify", files={"image": ("busy.jpg", photo, "image/jpeg")})
+                busy_calls.append((r.status_code, time.monotonic() - t0))
+                if r.status_code == 503:
+                    time.sleep(0.01)  # refused: the other caller holds the server
 
-    busy_thread = threading.Thread(target=keep_busy, daemon=True)
-    busy_thread.start()
-    time.sleep(1.0)
+    busy_threads = [threading.Thread(target=keep_busy, daemon=True) for _ in range(2)]
+    for t in busy_threads:
+        t.start()
     video = write_video(tmp_path / "busy.mp4", [astronaut_frame] * (6 * FPS))
     try:
-        with server.client() as http:
-            assert http.post("/predict", json=astronaut_payloads[1]).status_code == 503
+        with server.client() as http:  # the server is busy: a direct call is refused, with the reason
+            deadline = time.monotonic() + 30
+            while (r := http.post("/predict", json=astronaut_payloads[1])).status_code != 503:
+                assert time.monotonic() < deadline, "the server never became busy"
+                time.sleep(0.05)
+            assert r.headers["retry-after"] == "1" and "capacity" in r.json()["detail"]
         with MetricsPoller(server.url) as poller:
             rc, events, err = run_client("--server", server.url, "--video", str(video))
     finally:
         stop.set()
-        busy_thread.join(120)
+        for t in busy_threads:
+            t.join(120)
     assert rc == 0, err
-    busy = [e for e in events if e["event"] == "error" and e["status"] == 503]
-    assert busy and not [e for e in events if e["event"] == "result"]
+    answers = [e for e in events if e["event"] in ("result", "error")]
+    busy = [e for e in answers if e["event"] == "error" and e["status"] == 503]
+    worked = [s for s, _ in busy_calls if s == 200]
+    print(f"\nbusy server: {len(worked)} busy /v1/identify calls answered (median "
+          f"{sorted(d for s, d in busy_calls if s == 200)[len(worked) // 2]:.2f} s); the client had {len(busy)} "
+          f"refusals and {len(answers) - len(busy)} answers in 6 s; most /predict within any second: {poller.most_within(1.0)}")
+    assert len(busy) >= 3 and len(busy) >= 2 * (len(answers) - len(busy))  # the server was busy for the client too
     assert "capacity" in busy[0]["detail"]  # the server's reason is shown
-    most = poller.most_within(1.0)
-    print(f"\nbusy server: client sent {len(busy)} requests in 6 s; most within any second: {most}")
-    assert len(busy) >= 3
-    assert most <= 1  # Retry-After: 1 s, not the 0.5 s interval
+    after_refusal = [b["time"] - a["time"] for a, b in zip(answers, answers[1:]) if a in busy]
+    assert after_refusal and min(after_refusal) >= 0.95  # Retry-After: 1 s, not the 0.5 s interval
+    assert poller.most_within(1.0) <= 2  # and never more than the client's own 2 per second

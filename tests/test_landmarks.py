@@ -71,3 +71,25 @@ def test_fallback_detector_finds_a_small_face_in_a_wide_frame(tmp_path, astronau
 def test_yunet_alignment_is_the_default(tmp_path, astronaut):
     """The setting chosen by `facegate eval --compare` (README, "Accuracy")."""
     assert Settings(data_dir=tmp_path).landmarks == "yunet"
+
+
+def test_a_crop_is_located_with_one_blazeface_pass_and_the_same_points(tmp_path, detector, astronaut):
+    """/predict sends crops: the padded copy is tried first. Same face and points as the two-pass order,
+    and a whole frame sent as a "crop" still finds its small face."""
+    from facegate.client import crop_face
+
+    img = np.ascontiguousarray(astronaut)
+    face = detector.detect(img)[0]
+    p = Pipeline.from_settings(Settings(data_dir=tmp_path))
+    try:
+        for margin in (0.0, 0.25):
+            crop = crop_face(img, face, margin)[0]
+            before, after = p.locate(crop), p.locate(crop, crop=True)
+            assert np.allclose(before.box, after.box) and before.score == after.score
+            assert np.array_equal(before.aligned, after.aligned)  # the same alignment points
+        frame = _wide_frame(astronaut)
+        lf = p.locate(frame, crop=True)
+        x1, y1, x2, y2 = lf.box
+        assert 500 < (x1 + x2) / 2 < 500 + 0.6 * 512 and lf.box[2] - lf.box[0] < 200
+    finally:
+        p.close()

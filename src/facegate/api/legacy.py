@@ -47,7 +47,7 @@ async def predict(body: PredictRequest, pipeline: PipelineDep, worker: WorkerDep
 
     def work():
         image = load_b64_image(body.image, pipeline.limits, field="image")
-        return pipeline.identify_face(image, eyes, field="image")
+        return pipeline.identify_face(image, eyes, field="image", crop=True)
 
     ident = await worker.run(work)
     d = ident.decision

@@ -621,14 +621,8 @@ def markdown(report: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10k,100k,1M", help="comma-separated gallery sizes (10k, 1M, 2000 ...)")
-    ap.add_argument("--quick", action="store_true", help="10k and 100k only")
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--queries", type=int, default=1000, help="queries per size for recall and latency")
-    ap.add_argument("--exact-queries", type=int, default=300, help="timed exact-search queries per size")
-    ap.add_argument("--adds", type=int, default=200, help="single adds / replaces / mark_deleted timed per build")
+def add_data_args(ap: argparse.ArgumentParser) -> None:
+    """The synthetic population's options (shared with bench/search_pq.py)."""
     ap.add_argument("--faces-per-identity", type=float, default=4.0)
     # Defaults calibrated on SFace embeddings of ../shared/faces/lfw-dev (707 faces, 120 people): genuine cosine
     # mean 0.65 [p5 0.46, p95 0.81], impostor 0.09 +- 0.09 (p99 0.30), PCA participation ratio ~78 (all),
@@ -641,6 +635,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--isotropic", action="store_true",
                     help="plain model: isotropic centres and noise, no shared direction, same-cos 0.7 unless given")
     ap.add_argument("--seed", type=int, default=1234)
+
+
+def apply_isotropic(args: argparse.Namespace, argv: list[str] | None) -> None:
+    if args.isotropic:
+        args.centre_decay = args.noise_decay = args.mean_norm = args.quality_spread = 0.0
+        if "--same-cos" not in " ".join(argv if argv is not None else sys.argv):
+            args.same_cos = 0.7
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10k,100k,1M", help="comma-separated gallery sizes (10k, 1M, 2000 ...)")
+    ap.add_argument("--quick", action="store_true", help="10k and 100k only")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--queries", type=int, default=1000, help="queries per size for recall and latency")
+    ap.add_argument("--exact-queries", type=int, default=300, help="timed exact-search queries per size")
+    ap.add_argument("--adds", type=int, default=200, help="single adds / replaces / mark_deleted timed per build")
+    add_data_args(ap)
     ap.add_argument("--M", dest="ms", default="16,32")
     ap.add_argument("--ef-construction", dest="efcs", default="100,200")
     ap.add_argument("--ef", dest="efs", default="32,64,128,256,512,1024")
@@ -661,10 +673,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--markdown", dest="md_out")
     ap.add_argument("--_concurrency-child", dest="child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.isotropic:
-        args.centre_decay = args.noise_decay = args.mean_norm = args.quality_spread = 0.0
-        if "--same-cos" not in " ".join(argv if argv is not None else sys.argv):
-            args.same_cos = 0.7
+    apply_isotropic(args, argv)
     if args.child:
         return concurrency_child(args)
 

@@ -306,8 +306,8 @@ class MetricsPoller:
 
 import uuid  # noqa: E402
 
-#: Options only the embedded gallery has (its index file and saver thread).
-SQLITE_ONLY_OPTIONS = {"save_delay_s", "hnsw_ef"}
+#: Options only the embedded gallery has (its search index, index file and saver thread).
+SQLITE_ONLY_OPTIONS = {"save_delay_s", "hnsw_ef", "ann_index", "pq_rerank"}
 
 
 @pytest.fixture(scope="session")
@@ -330,7 +330,8 @@ def pg_database(postgres):
 
 
 class GalleryStore:
-    """Where a test's gallery lives: a data directory (sqlite) or a PostgreSQL database (postgres).
+    """Where a test's gallery lives: a data directory (sqlite; sqlite-hnsw: with the hnswlib index
+    instead of the default PQ scan beyond exact search) or a PostgreSQL database (postgres).
 
     ``open()`` opens a gallery on it (several may be open at once, as several processes would);
     ``env`` and ``serve_args`` point a `facegate serve` at it.
@@ -340,9 +341,11 @@ class GalleryStore:
         self.kind, self.data_dir, self.url = kind, Path(data_dir), url
 
     def open(self, model_id: str, dim: int, **kw):
-        if self.kind == "sqlite":
+        if self.kind.startswith("sqlite"):
             from facegate.gallery import Gallery
 
+            if self.kind == "sqlite-hnsw":
+                kw = {"ann_index": "hnsw", **kw}
             return Gallery(self.data_dir, model_id, dim, **kw)
         from facegate.gallery_pg import PgGallery
 
@@ -351,6 +354,8 @@ class GalleryStore:
 
     @property
     def env(self) -> dict[str, str]:
+        if self.kind == "sqlite-hnsw":
+            return {"FACEGATE_ANN_INDEX": "hnsw"}
         return {"FACEGATE_GALLERY": self.url} if self.url else {}
 
     @property
@@ -361,13 +366,16 @@ class GalleryStore:
         return f"GalleryStore({self.kind})"
 
 
+def make_store(request, tmp_path, kind: str) -> GalleryStore:
+    if kind == "postgres":
+        return GalleryStore("postgres", tmp_path / "data", request.getfixturevalue("pg_database")())
+    return GalleryStore(kind, tmp_path / "data")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path) -> GalleryStore:
     """The same test on the embedded gallery and on PostgreSQL + pgvector."""
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_database")()
-        return GalleryStore("postgres", tmp_path / "data", url)
-    return GalleryStore("sqlite", tmp_path / "data")
+    return make_store(request, tmp_path, request.param)
 
 
 # ============================ end of gallery backend fixtures =========================

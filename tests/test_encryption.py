@@ -36,7 +36,7 @@ def _files_contain(data_dir: Path, needles: list[bytes]) -> list[str]:
 def test_sealed_gallery_keeps_nothing_in_the_clear(tmp_path):
     key = new_key()
     faces = _faces(np.random.default_rng(1), 4)
-    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key, save_delay_s=0.0)
+    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", encryption_key=key, save_delay_s=0.0)
     p = g.add_person("Sealed Person", faces, "m")
     assert g.encrypted
     assert g.search(faces[0].embedding, 1)[0].person_id == p.id  # HNSW, in memory
@@ -46,7 +46,7 @@ def test_sealed_gallery_keeps_nothing_in_the_clear(tmp_path):
     assert not _files_contain(tmp_path, needles)
     assert not (tmp_path / "faces.hnsw").exists()
 
-    again = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key)
+    again = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", encryption_key=key)
     try:
         assert [n.person_id for n in again.search(faces[2].embedding, 1)] == [p.id]
     finally:
@@ -66,7 +66,7 @@ def test_sealed_gallery_refuses_a_missing_or_wrong_key(tmp_path, given):
 
 def test_cli_seals_an_existing_plain_gallery(tmp_path):
     faces = _faces(np.random.default_rng(3), 3)
-    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, save_delay_s=0.0)
+    g = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", save_delay_s=0.0)
     p = g.add_person("Plain Person", faces, "m")
     g.close()
     needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP]

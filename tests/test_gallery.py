@@ -1,12 +1,14 @@
-"""facegate.gallery: SQLite truth, derived HNSW index, model ids, and writes from other processes.
+"""facegate.gallery: SQLite truth, derived search index, model ids, and writes from other processes.
 
-Tests taking ``store`` or ``gal`` run on both backends: the embedded gallery and PostgreSQL +
-pgvector (``facegate.gallery_pg``); those about the index file or the SQLite file are embedded-only.
+Tests taking ``store`` or ``gal`` run on both backends, the embedded one with either index beyond
+exact search (the PQ scan by default, and hnswlib), and PostgreSQL + pgvector
+(``facegate.gallery_pg``); those about the HNSW index file or the SQLite file are embedded-only.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -16,7 +18,10 @@ import numpy as np
 import pytest
 
 from facegate.errors import InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from conftest import make_store
 from facegate.gallery import DB_NAME, INDEX_META, INDEX_NAME, Gallery, NewFace, clean_name
+from facegate import pqindex
+from facegate.pqindex import TRAIN_MIN
 
 DIM = 128
 MODEL = "test-model-v1"
@@ -39,7 +44,8 @@ def faces(vectors, **kw) -> list[NewFace]:
 
 
 def open_gallery(path, **kw) -> Gallery:
-    return Gallery(path, MODEL, DIM, **kw)
+    """An embedded gallery with the hnswlib index (what the index-file tests are about) unless told otherwise."""
+    return Gallery(path, MODEL, DIM, **{"ann_index": "hnsw", **kw})
 
 
 def answers(g: Gallery, queries: np.ndarray, k: int = 5, exact: bool | None = None):
@@ -48,6 +54,12 @@ def answers(g: Gallery, queries: np.ndarray, k: int = 5, exact: bool | None = No
 
 def sims(g: Gallery, queries: np.ndarray, k: int = 5, exact: bool | None = None):
     return np.array([[n.similarity for n in g.search(q, k, exact=exact)] for q in queries])
+
+
+@pytest.fixture(params=["sqlite", "sqlite-hnsw", "postgres"])
+def store(request, tmp_path):
+    """Here the embedded gallery is tried with both of its large-gallery indexes."""
+    return make_store(request, tmp_path, request.param)
 
 
 @pytest.fixture
@@ -355,14 +367,14 @@ def test_search_returns_nearest_first_with_cosine(gal):
     assert len(gal.search(q, k=100)) == 20  # k larger than the gallery
 
 
-def test_exact_and_hnsw_agree(filled_store):
+def test_exact_and_approximate_search_agree(filled_store):
     store, ids, queries = filled_store
     g = store.open(MODEL, DIM)
     hn = store.open(MODEL, DIM, exact_search_max=0)
-    assert g.search_mode == "exact" and hn.search_mode == "hnsw"
+    assert g.search_mode == "exact" and hn.search_mode == {"sqlite": "pq"}.get(store.kind, "hnsw")
     assert g.face_count == hn.face_count > 250
     ex = answers(g, queries)
-    assert ex == answers(hn, queries)  # the default mode of an exact_search_max=0 gallery is HNSW
+    assert ex == answers(hn, queries)  # the default mode of an exact_search_max=0 gallery is the approximate one
     assert ex == answers(g, queries, exact=False)
     assert ex == answers(hn, queries, exact=True)
     np.testing.assert_allclose(sims(g, queries), sims(hn, queries), atol=1e-5)
@@ -574,8 +586,8 @@ def test_deleted_people_never_in_results(filled_store, population):
 
     check(g)
     g.close()
-    if store.kind != "sqlite":  # what follows is about the embedded gallery's index file
-        g = store.open(MODEL, DIM, exact_search_max=0)  # HNSW this time
+    if store.kind != "sqlite-hnsw":  # what follows is about the embedded gallery's HNSW index file
+        g = store.open(MODEL, DIM, exact_search_max=0)  # the approximate index this time
         check(g)
         g.close()
         return
@@ -618,12 +630,12 @@ def test_many_writes_grow_the_index(store):
     g.close()
 
 
-@pytest.mark.parametrize("exact_max", [0, 10_000])
-def test_delete_leaves_no_trace_of_the_vectors_on_disk(data_dir, exact_max):
+@pytest.mark.parametrize("exact_max,ann", [(0, "hnsw"), (0, "pq"), (10_000, "hnsw")])
+def test_delete_leaves_no_trace_of_the_vectors_on_disk(data_dir, exact_max, ann):
     """Biometric data: after delete, the person's vector bytes are in no file of the data directory."""
     rng = np.random.default_rng(99)
     keep, gone = unit(rng, 3), unit(rng, 2)
-    g = open_gallery(data_dir, exact_search_max=exact_max)
+    g = open_gallery(data_dir, exact_search_max=exact_max, ann_index=ann)
     g.add_person("Keeper", faces(keep), MODEL)
     p = g.add_person("Leaver", faces(gone), MODEL)
 
@@ -688,4 +700,68 @@ def test_queries_run_while_writes_and_saves_happen(store):
         t.join(30)
     assert not errors, errors[:1]
     assert g.person_count == 10 + 20
+    g.close()
+
+
+# ----------------------------------------------------------------------------- PQ scan index
+def test_pq_index_keeps_no_file_and_removes_an_old_hnsw_one(filled, population):
+    """The PQ index lives in memory (rebuilt at start); switching from "hnsw" deletes the old index files."""
+    data_dir, _, queries = filled
+    assert (data_dir / INDEX_NAME).is_file()
+    g = open_gallery(data_dir, exact_search_max=0, ann_index="pq")
+    assert g.search_mode == "pq" and g.index_rebuilt
+    assert not (data_dir / INDEX_NAME).exists() and not (data_dir / INDEX_META).exists()
+    assert answers(g, queries) == answers(g, queries, exact=True)
+    g.close()
+    assert sorted(f.name for f in data_dir.iterdir() if not f.name.startswith(DB_NAME)) == []
+
+
+def test_pq_index_rebuilds_after_deletions_and_as_the_gallery_grows(data_dir):
+    """Deleted faces' codes leave memory once a tenth of the index is stale; codebooks trained on a small
+    gallery are trained again when it has doubled. Answers equal exact search throughout."""
+    rng = np.random.default_rng(7)
+    g = open_gallery(data_dir, exact_search_max=0, ann_index="pq")
+    people = [g.add_person(f"p{i}", faces(unit(rng, 3)), MODEL) for i in range(40)]
+    assert g._index.trained_on == 0 and g._index.count == 120
+    probes = unit(rng, 20)
+    assert answers(g, probes) == answers(g, probes, exact=True)
+    g.delete_person(people[0].id)  # 3 of 120: kept as stale codes, filtered out by the exact re-rank
+    assert g._index.stale == 3 and g._index.count == 120
+    assert people[0].id not in {n.person_id for q in probes for n in g.search(q, k=g.face_count)}
+    for p in people[1:5]:
+        g.delete_person(p.id)  # 15 of 120 > 10%: rebuilt without them
+    assert g._index.stale == 0 and g._index.count == 105
+    assert answers(g, probes) == answers(g, probes, exact=True)
+    bulk = unit(rng, 2 * TRAIN_MIN)
+    g.add_person("bulk", faces(bulk), MODEL)  # past twice the training floor: codebooks trained on real faces
+    assert g._index.trained_on == g.face_count == 105 + 2 * TRAIN_MIN
+    assert answers(g, probes) == answers(g, probes, exact=True)
+    g.close()
+
+
+def test_pq_search_finds_the_exact_top5_in_a_large_clustered_gallery(data_dir, monkeypatch):
+    """30,000 face-like vectors (7,500 identities, 4 faces each, genuine cosine ~0.65): the scan plus exact
+    re-rank returns the exact top 5 for nearly every query (bench/search.py measures 1M)."""
+    rng = np.random.default_rng(11)
+    centres = unit(rng, 7500)
+    who = np.repeat(np.arange(7500), 4)
+    noise = rng.normal(scale=0.65 / np.sqrt(DIM), size=(len(who), DIM)).astype(np.float32)
+    vecs = centres[who] + noise
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    g = open_gallery(data_dir, exact_search_max=0, ann_index="pq")
+    g.add_person("crowd", faces(vecs), MODEL)
+    g.close()
+    g = open_gallery(data_dir, exact_search_max=0, ann_index="pq")  # built at start from the database
+    assert g._index.count == 30_000 and g._index.trained_on == 30_000
+    qs = centres[rng.integers(0, 7500, 200)] + rng.normal(scale=0.65 / np.sqrt(DIM), size=(200, DIM)).astype(np.float32)
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    got = [{n.face_id for n in g.search(q, 5)} for q in qs]
+    want = [{n.face_id for n in g.search(q, 5, exact=True)} for q in qs]
+    recall = np.mean([len(a & b) / 5 for a, b in zip(got, want)])
+    print(f"\nPQ scan recall@5 at 30k faces: {recall:.4f}")
+    assert recall >= 0.98
+    assert len(g._index._shards) == min(4, os.cpu_count() or 1)
+    # Large galleries scan their shards in parallel threads: the same candidates, merged in the same order.
+    monkeypatch.setattr(pqindex, "PARALLEL_MIN", 0)
+    assert [{n.face_id for n in g.search(q, 5)} for q in qs] == got
     g.close()

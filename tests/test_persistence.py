@@ -59,7 +59,8 @@ def test_gallery_survives_restart(start_server, store, astronaut_payloads, other
 @pytest.mark.parametrize("damage", ["delete", "truncate", "garbage", "stale-stamp"])
 def test_index_is_rebuilt_with_identical_answers(start_server, tmp_path, astronaut_payloads, other_face, probes, damage):
     data = tmp_path / "gallery"
-    s = start_server(data, env={"FACEGATE_EXACT_SEARCH_MAX": "0"})  # force HNSW so the index file is what answers
+    hnsw = {"FACEGATE_EXACT_SEARCH_MAX": "0", "FACEGATE_ANN_INDEX": "hnsw"}
+    s = start_server(data, env=hnsw)  # force HNSW so the index file is what answers
     with s.client() as http:
         _enrol_two(http, astronaut_payloads, other_face)
         assert http.get("/healthz").json()["gallery"]["search"] == "hnsw"
@@ -76,7 +77,7 @@ def test_index_is_rebuilt_with_identical_answers(start_server, tmp_path, astrona
         index.write_bytes(np.random.default_rng(0).bytes(index.stat().st_size))
     else:
         stamp.write_text(stamp.read_text().replace('"generation": ', '"generation": 1000'))
-    s2 = start_server(data, env={"FACEGATE_EXACT_SEARCH_MAX": "0"})
+    s2 = start_server(data, env=hnsw)
     with s2.client() as http:
         assert _answers(http, probes) == before
     assert "rebuilding" in s2.read_log() or "building it" in s2.read_log()

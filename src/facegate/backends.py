@@ -93,6 +93,8 @@ def open_gallery(settings: Settings, model_id: str, dim: int) -> GalleryBackend:
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construction=settings.hnsw_ef_construction,
         hnsw_ef=settings.hnsw_ef,
+        ann_index=settings.ann_index,
+        pq_rerank=settings.pq_rerank,
         encryption_key=settings.encryption_key,
     )
 

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     top_k: int = Field(5, ge=1, le=100)
 
     exact_search_max: int = Field(20_000, ge=0, description="Galleries up to this many faces use exact search.")
+    ann_index: Literal["pq", "hnsw"] = Field(
+        "pq",
+        description="Search beyond exact_search_max: pq (4-bit product-quantization scan of every face, best "
+        "top_k x pq_rerank re-ranked exactly; in memory) or hnsw (hnswlib graph saved in data_dir). bench/search.py.",
+    )
+    pq_rerank: int = Field(50, ge=1, le=1000, description="Candidates re-ranked exactly per result wanted (pq).")
     # Chosen by bench/search.py on SFace-like vectors: recall@5 0.997 at 1.0 ms for 100k faces; 0.936 at 1.5 ms for 1M.
     hnsw_m: int = Field(32, ge=4, le=128)
     hnsw_ef_construction: int = Field(200, ge=16)

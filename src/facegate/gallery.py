@@ -1,6 +1,9 @@
-"""The gallery of enrolled people: SQLite is the truth, the hnswlib index is derived from it.
+"""The gallery of enrolled people: SQLite is the truth, the search index is derived from it.
 
 - Every write is one SQLite transaction (WAL), so a crash leaves either all of an enrolment or none.
+- Up to ``exact_search_max`` faces, search is exact. Beyond, the default index scans product-quantized
+  codes of every face and re-ranks the best exactly (``pqindex``; in memory, rebuilt at start in
+  seconds); ``ann_index="hnsw"`` keeps the reference design's hnswlib graph, saved beside the database.
 - The HNSW index file carries the generation of the database it was built from; on open, a
   missing, stale (generation or count differs) or unreadable index is rebuilt from SQLite.
 - Every vector carries the id of the model that made it; a gallery refuses vectors of another.
@@ -28,6 +31,7 @@ import numpy as np
 from . import audit
 from .encryption import Sealer
 from .errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from .pqindex import PQIndex, exact_top
 from .rank import Neighbour
 
 log = logging.getLogger(__name__)
@@ -257,6 +261,8 @@ class Gallery(GalleryCounts):
         hnsw_m: int = 32,
         hnsw_ef_construction: int = 200,
         hnsw_ef: int = 256,
+        ann_index: str = "pq",
+        pq_rerank: int = 50,
         save_delay_s: float = 1.0,
         encryption_key: str | None = None,
     ) -> None:
@@ -268,6 +274,12 @@ class Gallery(GalleryCounts):
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.hnsw_ef = hnsw_ef
+        if ann_index not in ("pq", "hnsw"):
+            raise ValueError(f"ann_index must be 'pq' or 'hnsw', not {ann_index!r}")
+        #: Search beyond exact_search_max: "pq" (codes of every face scanned, best k x pq_rerank re-ranked
+        #: exactly; in memory, rebuilt at start) or "hnsw" (hnswlib graph, saved beside the database).
+        self.ann_index = ann_index
+        self.pq_rerank = pq_rerank
         self._lock = threading.RLock()  # the database connection and the in-memory tables
         self._index_lock = _RWLock()  # the HNSW index: queries and saves read, adds and deletes write
         self._save_lock = threading.Lock()
@@ -279,7 +291,7 @@ class Gallery(GalleryCounts):
         self.save_delay_s = save_delay_s
         self._sealer = Sealer(encryption_key)
         # The HNSW file holds the vectors in the clear: an encrypted gallery keeps its index in memory only.
-        self._persist_index = not self._sealer.active
+        self._persist_index = not self._sealer.active and ann_index == "hnsw"
         self._db = sqlite3.connect(
             self.data_dir / DB_NAME, check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -428,15 +440,15 @@ class Gallery(GalleryCounts):
                 self._index_stamp = (self._generation_loaded, self._table.n)
 
     def _open_index(self):
-        import hnswlib
-
         path, meta_path = self.data_dir / INDEX_NAME, self.data_dir / INDEX_META
         ids, _, vectors = self._table.view()
         n = len(ids)
         if not self._persist_index:
             for stale in (path, meta_path):
-                stale.unlink(missing_ok=True)  # vectors in the clear must not outlive a switch to encryption
+                stale.unlink(missing_ok=True)  # vectors in the clear must not outlive a switch to encryption or to "pq"
             return self._build_index(vectors, ids)
+        import hnswlib
+
         try:
             meta = json.loads(meta_path.read_text())
             if (
@@ -464,9 +476,11 @@ class Gallery(GalleryCounts):
         return index
 
     def _build_index(self, vectors: np.ndarray, ids: np.ndarray):
+        self.index_rebuilt = True
+        if self.ann_index == "pq":
+            return PQIndex(self.dim, vectors, ids)  # every core for a (re)build: seconds for a million faces
         import hnswlib
 
-        self.index_rebuilt = True
         n = len(ids)
         index = hnswlib.Index(space="ip", dim=self.dim)
         index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
@@ -584,18 +598,25 @@ class Gallery(GalleryCounts):
         ids = np.asarray(face_ids, np.int64)
         self._names[person_id] = name
         with self._index_lock.write():
+            self._table.append(ids, person_id, vectors)
+            if self.ann_index == "pq":
+                self._index.add(vectors, ids)
+                self._rebuild_pq_if_needed()
+                return
             cap = self._index.get_max_elements()
             need = self._index.get_current_count() + len(ids)
             if need > cap:
                 self._index.resize_index(max(need, 2 * cap))
             self._index.add_items(vectors, ids, num_threads=1)
-            self._table.append(ids, person_id, vectors)
 
     def _index_remove(self, person_id: int) -> bool:
         """Drop a person's faces from memory and the index; True if there were any."""
         with self._index_lock.write():
             ids = self._table.remove_person(person_id)
-            if len(ids):
+            if len(ids) and self.ann_index == "pq":
+                self._index.forget(len(ids))
+                self._rebuild_pq_if_needed()
+            elif len(ids):
                 # hnswlib keeps a deleted element's vector in the file: overwrite it with noise first.
                 noise = np.random.default_rng().standard_normal((len(ids), self.dim)).astype(np.float32)
                 self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
@@ -603,6 +624,13 @@ class Gallery(GalleryCounts):
                     self._index.mark_deleted(int(fid))
         self._names.pop(person_id, None)
         return bool(len(ids))
+
+    def _rebuild_pq_if_needed(self) -> None:
+        """Under the index write lock: a new PQ index once a tenth of it is deleted faces (their codes then
+        leave memory), or when the gallery has doubled since the codebooks were trained (up to 65k faces)."""
+        if self._index.needs_rebuild():
+            ids, _, vectors = self._table.view()
+            self._index = self._build_index(vectors, ids)
 
     def _apply_add(self, face_ids: list[int], person_id: int, name: str, vectors: np.ndarray, generation: int) -> None:
         if self._caught_up(generation):
@@ -802,7 +830,7 @@ class Gallery(GalleryCounts):
         with self._lock:
             self._sync()
             n = self._table.n
-            return len(self._names), n, "exact" if n <= self.exact_search_max else "hnsw"
+            return len(self._names), n, "exact" if n <= self.exact_search_max else self.ann_index
 
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
         """The ``k`` faces most similar (cosine) to ``query``, nearest first.
@@ -827,6 +855,11 @@ class Gallery(GalleryCounts):
             top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
             top = top[np.lexsort((ids[top], -sims[top]))]  # ties to the older face, as below
             hits = [(int(ids[i]), float(sims[i]), int(persons[i])) for i in top]
+        elif self.ann_index == "pq":
+            with self._index_lock.read():
+                found = self._index.candidates(q, k * self.pq_rerank)
+            rows, top_sims = exact_top(q, found, ids, vectors, k)  # on the snapshot: deleted faces are not in it
+            hits = [(int(ids[i]), float(s), int(persons[i])) for i, s in zip(rows, top_sims)]
         else:
             with self._index_lock.read():
                 k = min(k, self._table.n)

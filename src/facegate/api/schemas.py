@@ -152,7 +152,7 @@ class PeopleList(BaseModel):
 class GalleryHealth(BaseModel):
     people: int
     faces: int
-    search: Literal["exact", "hnsw"]
+    search: Literal["exact", "pq", "hnsw"]
 
 
 class Health(BaseModel):

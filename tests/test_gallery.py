@@ -765,3 +765,15 @@ def test_pq_search_finds_the_exact_top5_in_a_large_clustered_gallery(data_dir, m
     monkeypatch.setattr(pqindex, "PARALLEL_MIN", 0)
     assert [{n.face_id for n in g.search(q, 5)} for q in qs] == got
     g.close()
+
+
+def test_pq_index_serves_a_512_d_model(data_dir):
+    """An imported AdaFace model has 512-d embeddings: one sub-quantizer per 2 dimensions there too."""
+    rng = np.random.default_rng(12)
+    vecs = unit(rng, 3000, 512)
+    g = Gallery(data_dir, "adaface-like", 512, exact_search_max=0)
+    g.add_person("many", faces(vecs), "adaface-like")
+    assert g.search_mode == "pq" and g._index.sub == 256
+    probes = np.stack([near(v, rng, 0.3) for v in vecs[:40]])
+    assert answers(g, probes) == answers(g, probes, exact=True)
+    g.close()

@@ -478,7 +478,7 @@ class Gallery(GalleryCounts):
     def _build_index(self, vectors: np.ndarray, ids: np.ndarray):
         self.index_rebuilt = True
         if self.ann_index == "pq":
-            return PQIndex(self.dim, vectors, ids)  # every core for a (re)build: seconds for a million faces
+            return PQIndex(self.dim, vectors, ids)  # seconds for a million faces
         import hnswlib
 
         n = len(ids)

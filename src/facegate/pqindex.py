@@ -35,17 +35,22 @@ PARALLEL_MIN = 200_000
 class PQIndex:
     """Face ids -> 4-bit PQ codes (``sub`` sub-quantizers of 16 centroids each) in faiss's fast-scan layout.
 
+    ``sub`` defaults to one sub-quantizer per 2 dimensions (SFace's 128-d: 64, 32 bytes a face; a 512-d
+    AdaFace: 256, 128 bytes), the precision measured in ``bench/search_pq.py``.
+
     The codes are dealt round-robin into ``shards`` (default: one per core, at most 4) sharing one codebook,
     so that a query on a large gallery scans them in parallel: at a million faces one scan is memory-bound
     at about 1.8 ms on one core of this 2-core machine, two halves take about 1.3 ms. The total work is the
     same, so under load (the cores busy with the model) nothing is gained or lost.
     """
 
-    def __init__(self, dim: int, vectors: np.ndarray, ids: np.ndarray, *, sub: int = 64, shards: int = 0, threads: int = 0) -> None:
+    def __init__(self, dim: int, vectors: np.ndarray, ids: np.ndarray, *, sub: int = 0, shards: int = 0) -> None:
         import faiss
 
-        if dim % sub:
-            sub = next(s for s in (32, 16, 8, 4, 2, 1) if dim % s == 0)
+        sub = sub or max(1, dim // 2)
+        while dim % sub:
+            sub -= 1
+        self.sub = sub
         self.dim = dim
         self.trained_on = len(ids)
         self.stale = 0
@@ -56,15 +61,14 @@ class PQIndex:
             filler = rng.standard_normal((TRAIN_MIN - len(train), dim)).astype(np.float32)
             train = np.vstack([train, filler / np.linalg.norm(filler, axis=1, keepdims=True)])
         n_shards = shards or max(1, min(4, os.cpu_count() or 1))
-        _threads(threads or None)
-        try:
-            codebook = faiss.IndexPQFastScan(dim, sub, 4, faiss.METRIC_INNER_PRODUCT)
-            codebook.train(np.ascontiguousarray(train, dtype=np.float32))
-            self._shards = [faiss.IndexIDMap(faiss.clone_index(codebook)) for _ in range(n_shards)]
-            if len(ids):
-                self.add(vectors, ids)
-        finally:
-            _threads(1)
+        # One thread: a rebuild runs while the server serves, and faiss's OpenMP teams on cores the model
+        # keeps busy made training 100x slower in a measurement (52 s instead of 0.5 s for 3,000 faces).
+        _threads(1)
+        codebook = faiss.IndexPQFastScan(dim, sub, 4, faiss.METRIC_INNER_PRODUCT)
+        codebook.train(np.ascontiguousarray(train, dtype=np.float32))
+        self._shards = [faiss.IndexIDMap(faiss.clone_index(codebook)) for _ in range(n_shards)]
+        if len(ids):
+            self.add(vectors, ids)
 
     @property
     def count(self) -> int:
@@ -72,6 +76,7 @@ class PQIndex:
 
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Not thread-safe with ``candidates``: the gallery holds its index write lock."""
+        _threads(1)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ids = np.asarray(ids, np.int64)
         n = len(self._shards)
@@ -140,8 +145,8 @@ def exact_top(query: np.ndarray, found: np.ndarray, ids: np.ndarray, vectors: np
     return pos[top], sims[top]
 
 
-def _threads(n: int | None) -> None:
+def _threads(n: int) -> None:
     """faiss's OpenMP thread count is per calling thread: set it where the work runs."""
     import faiss
 
-    faiss.omp_set_num_threads(n or os.cpu_count() or 1)
+    faiss.omp_set_num_threads(n)

@@ -47,12 +47,22 @@ def strategies(p: Pipeline) -> dict:
 
         return run
 
+    from facegate.detect import Face
+
+    def yunet_direct(context: float):  # no BlazeFace: YuNet around the whole crop (measured, not used: see README)
+        def run(im):
+            h, w = im.shape[:2]
+            whole = Face(box=(0.0, 0.0, float(w), float(h)), score=1.0, keypoints=np.zeros((6, 2)))
+            near = yn.landmarks_near(im, whole, context=context)
+            return near, near
+
+        return run
+
     return {
         "unpadded_first(0.6,192)": unpadded_first,
+        "yunet_direct(0.3)": yunet_direct(0.3),
+        "yunet_direct(0.4)": yunet_direct(0.4),
         "padded_first(0.6,192)": padded_first(0.6, 192),
-        "padded_first(0.5,176)": padded_first(0.5, 176),
-        "padded_first(0.4,160)": padded_first(0.4, 160),
-        "padded_first(0.3,144)": padded_first(0.3, 144),
     }
 
 

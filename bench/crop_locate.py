@@ -22,7 +22,7 @@ import numpy as np
 
 from facegate.client import crop_face, encode_jpeg
 from facegate.config import Settings
-from facegate.detect import pick_main_face
+from facegate.detect import Face, pick_main_face
 from facegate.imageio import decode_image
 from facegate.pipeline import CROP_LIKE, Pipeline
 
@@ -47,8 +47,6 @@ def strategies(p: Pipeline) -> dict:
 
         return run
 
-    from facegate.detect import Face
-
     def yunet_direct(context: float):  # no BlazeFace: YuNet around the whole crop (measured, not used: see README)
         def run(im):
             h, w = im.shape[:2]
@@ -63,21 +61,23 @@ def strategies(p: Pipeline) -> dict:
         "yunet_direct(0.3)": yunet_direct(0.3),
         "yunet_direct(0.4)": yunet_direct(0.4),
         "padded_first(0.6,192)": padded_first(0.6, 192),
+        "padded_first(0.4,160)": padded_first(0.4, 160),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("dir", nargs="?", default=str(Path(__file__).resolve().parents[1].parent / "shared/faces/lfw-dev"))
+    ap.add_argument("dir", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/faces/lfw-dev"))
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25])
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
-    p = Pipeline.from_settings(Settings(data_dir=tempfile.mkdtemp()), batching=False)
+    tmp = tempfile.TemporaryDirectory()
+    p = Pipeline.from_settings(Settings(data_dir=tmp.name), batching=False)
     strats = strategies(p)
     photos = sorted(Path(args.dir).glob("*/*.jpg"))[: args.limit]
-    cos = {m: {k: [] for k in strats} for m in args.margins}
+    cos: dict[float, list[dict[str, float]]] = {m: [] for m in args.margins}  # per crop: strategy -> cosine
     secs = {m: {k: [] for k in strats} for m in args.margins}
     missed = {m: {k: 0 for k in strats} for m in args.margins}
     for path in photos:
@@ -87,6 +87,7 @@ def main() -> int:
         ref = p.embed([p.locate(img).aligned])[0]
         for m in args.margins:
             crop = decode_image(encode_jpeg(crop_face(img, face, m)[0], 90))
+            cos[m].append({})
             for name, fn in strats.items():
                 t0 = time.perf_counter()
                 f, near = fn(crop)
@@ -95,20 +96,25 @@ def main() -> int:
                     continue
                 lf = p._aligned(crop, f, near.keypoints.copy(), "detector")
                 secs[m][name].append(time.perf_counter() - t0)
-                cos[m][name].append(float(p.embed([lf.aligned])[0] @ ref))
-    out = {
-        str(m): {k: {"mean_cosine": float(np.mean(cos[m][k])), "ms_median": 1000 * float(np.median(secs[m][k])), "no_yunet_points": missed[m][k], "n": len(cos[m][k])} for k in strats}
-        for m in args.margins
-    }
+                cos[m][-1][name] = float(p.embed([lf.aligned])[0] @ ref)
+    out = {}
+    for m in args.margins:
+        common = [c for c in cos[m] if len(c) == len(strats)]  # crops every strategy located: one set for all
+        out[str(m)] = {
+            k: {"mean_cosine": float(np.mean([c[k] for c in common])), "n": len(common),
+                "ms_median": 1000 * float(np.median(secs[m][k])), "no_points": missed[m][k]}
+            for k in strats
+        }
     print(f"{len(photos)} photos from {args.dir}")
-    print("| margin | strategy | mean cosine to whole-photo alignment | locate ms (median) | crops without YuNet points |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| margin | strategy | mean cosine to whole-photo alignment | crops compared | locate ms (median) | crops it located no face in |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for m, rows in out.items():
         for k, r in rows.items():
-            print(f"| {m} | {k} | {r['mean_cosine']:.4f} | {r['ms_median']:.2f} | {r['no_yunet_points']} |")
+            print(f"| {m} | {k} | {r['mean_cosine']:.4f} | {r['n']} | {r['ms_median']:.2f} | {r['no_points']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     p.close()
+    tmp.cleanup()
     return 0
 
 

@@ -23,31 +23,27 @@ import platform
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search as sb  # noqa: E402  (bench/search.py: the synthetic faces and the recall helpers)
 
+from facegate.gallery_pg import PgGallery  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 M, EFC, HNSWLIB_EF = 32, 200, 256
 MODEL = "bench/synthetic"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+log = sb.log
+#: Untimed queries before each timed series (statement preparation, a new pool's connections, cold pages).
+WARMUP = 20
 
 
 def ms(samples: list[float]) -> dict:
     a = np.asarray(samples) * 1000
     return {"p50": round(float(np.percentile(a, 50)), 3), "p99": round(float(np.percentile(a, 99)), 3)}
-
-
-def faces_for(n: int, seed: int) -> sb.Faces:
-    a = SimpleNamespace(dim=128, faces_per_identity=4.0, same_cos=0.67, seed=seed, centre_decay=0.3, noise_decay=0.2,
-                        mean_norm=0.4, quality_spread=0.3)
-    return sb.make_faces(n, a)
 
 
 def bench_hnswlib(x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict:
@@ -60,6 +56,8 @@ def bench_hnswlib(x: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict
     build = time.perf_counter() - t
     idx.set_ef(HNSWLIB_EF)
     idx.set_num_threads(1)
+    for q in queries[:WARMUP]:
+        idx.knn_query(q[None], k=sb.K)
     found, times = np.empty((len(queries), sb.K), np.int64), []
     for i, q in enumerate(queries):
         t = time.perf_counter()
@@ -73,8 +71,6 @@ def load_pg(url: str, faces: sb.Faces) -> tuple[object, float]:
     """A PgGallery holding the faces (people = identities), loaded by COPY; returns it and the index build time."""
     import psycopg
     from pgvector.psycopg import register_vector
-
-    from facegate.gallery_pg import PgGallery
 
     g = PgGallery(url, MODEL, faces.dim, exact_search_max=0, hnsw_m=M, hnsw_ef_construction=EFC)
     n = len(faces.vectors)
@@ -118,15 +114,18 @@ def bench_pg(url: str, faces: sb.Faces, queries: np.ndarray, truth: np.ndarray, 
         out["index_mib"] = round(size / 2**20, 1)
         for ef in efs:
             con.execute(f"SET hnsw.ef_search = {ef:d}")
+            for q in queries[:WARMUP]:
+                con.execute(sql, (q,), prepare=True).fetchall()
             found, times = np.empty((len(queries), sb.K), np.int64), []
             for i, q in enumerate(queries):
                 t = time.perf_counter()
                 rows = con.execute(sql, (q,), prepare=True).fetchall()
                 times.append(time.perf_counter() - t)
                 found[i] = [r[0] - 1 for r in rows] + [-1] * (sb.K - len(rows))
-            g.ef_search = ef
             gal_times = []
-            gal = type(g)(url, MODEL, d, exact_search_max=0, ef_search=ef, prepare=False)
+            gal = PgGallery(url, MODEL, d, exact_search_max=0, ef_search=ef, prepare=False)
+            for q in queries[:WARMUP]:
+                gal.search(q, sb.K)
             for q in queries:
                 t = time.perf_counter()
                 gal.search(q, sb.K)
@@ -136,6 +135,8 @@ def bench_pg(url: str, faces: sb.Faces, queries: np.ndarray, truth: np.ndarray, 
             log(f"  pgvector ef_search={ef}: {row}")
             out["by_ef"].append(row)
         ex_times = []
+        for q in queries[:WARMUP]:
+            g.search(q, sb.K, exact=True)
         for q in queries[:exact_queries]:
             t = time.perf_counter()
             g.search(q, sb.K, exact=True)
@@ -161,7 +162,7 @@ def markdown(report: dict) -> str:
                 f"{e['sql']['p50']} / {e['sql']['p99']} ms | {e['gallery_search']['p50']} / {e['gallery_search']['p99']} ms | {e['recall_at_5']:.3f} |"
             )
         x = p["exact_gallery_search"]
-        lines.append(f"| {n} | PostgreSQL exact (seq scan) | - | - | - | {x['p50']} / {x['p99']} ms | 1.000 |")
+        lines.append(f"| {n} | PostgreSQL exact (seq scan) | - | - | - | {x['p50']} / {x['p99']} ms | 1.000 (by definition) |")
     return "\n".join(lines) + "\n"
 
 
@@ -171,10 +172,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--exact-queries", type=int, default=50)
     ap.add_argument("--ef-search", default="40,100,200")
-    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--dim", type=int, default=128)
+    sb.add_data_args(ap)  # the same synthetic population as bench/search.py
     ap.add_argument("--json", dest="json_out", default=str(RESULTS / "pg_search.json"))
     ap.add_argument("--markdown", dest="md_out", default=str(RESULTS / "pg_search.md"))
     args = ap.parse_args(argv)
+    sb.apply_isotropic(args, argv)
 
     from facegate.devdb import DevPostgres
 
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             report["machine"]["postgres"] = con.execute("SHOW server_version").fetchone()[0]
         for n in [sb.parse_size(s) for s in args.sizes.split(",")]:
             log(f"N={sb.fmt_n(n)}: generating faces")
-            faces = faces_for(n, args.seed)
+            faces = sb.make_faces(n, args)
             queries, _ = faces.queries(args.queries)
             truth = sb.ground_truth(faces.vectors, queries)
             log("  hnswlib")

@@ -286,11 +286,11 @@ def test_client_honours_retry_after_from_a_busy_server(start_server, tmp_path, a
     answers = [e for e in events if e["event"] in ("result", "error")]
     busy = [e for e in answers if e["event"] == "error" and e["status"] == 503]
     worked = [s for s, _ in busy_calls if s == 200]
-    print(f"\nbusy server: {len(worked)} busy /v1/identify calls answered (median "
-          f"{sorted(d for s, d in busy_calls if s == 200)[len(worked) // 2]:.2f} s); the client had {len(busy)} "
+    print(f"\nbusy server: {len(worked)} busy /v1/identify calls answered; the client had {len(busy)} "
           f"refusals and {len(answers) - len(busy)} answers in 6 s; most /predict within any second: {poller.most_within(1.0)}")
     assert len(busy) >= 3 and len(busy) >= 2 * (len(answers) - len(busy))  # the server was busy for the client too
     assert "capacity" in busy[0]["detail"]  # the server's reason is shown
-    after_refusal = [b["time"] - a["time"] for a, b in zip(answers, answers[1:]) if a in busy]
-    assert after_refusal and min(after_refusal) >= 0.95  # Retry-After: 1 s, not the 0.5 s interval
-    assert poller.most_within(1.0) <= 2  # and never more than the client's own 2 per second
+    # Between two refusals the client only waited (a refusal takes milliseconds): Retry-After 1 s, not 0.5 s.
+    after_refusal = [b["time"] - a["time"] for a, b in zip(answers, answers[1:]) if a in busy and b in busy]
+    assert after_refusal and min(after_refusal) >= 0.95
+    assert poller.most_within(1.0) <= 2  # and, whatever got through, never more than the client's own 2 per second

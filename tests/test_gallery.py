@@ -704,7 +704,7 @@ def test_queries_run_while_writes_and_saves_happen(store):
 
 
 # ----------------------------------------------------------------------------- PQ scan index
-def test_pq_index_keeps_no_file_and_removes_an_old_hnsw_one(filled, population):
+def test_pq_index_keeps_no_file_and_removes_an_old_hnsw_one(filled):
     """The PQ index lives in memory (rebuilt at start); switching from "hnsw" deletes the old index files."""
     data_dir, _, queries = filled
     assert (data_dir / INDEX_NAME).is_file()

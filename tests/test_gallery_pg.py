@@ -202,7 +202,7 @@ def test_encryption_key_is_refused_with_the_reason(pg_database):
         assert con.execute("SELECT to_regclass('faces')").fetchone()[0] is None
 
 
-def test_unreachable_database_is_a_clear_error(postgres):
+def test_unreachable_database_is_a_clear_error():
     with pytest.raises(ConnectionError, match="cannot connect") as ei:
         PgGallery("postgresql://postgres:secret@127.0.0.1:1/none", MODEL, DIM)
     assert "secret" not in str(ei.value)  # the password is not echoed
@@ -244,9 +244,12 @@ def test_reembed_replaces_vectors_and_index_in_one_transaction(pg_database):
     other = PgGallery(url, MODEL, DIM)  # another server, still on the old model
     people = [g.add_person(f"r{i}", faces(unit(rng, 2)), MODEL) for i in range(3)]
     new = {f.id: unit(rng, 1, 64)[0] for p in people for f in p.faces}
+    probes = unit(rng, 4)
+    before = [[(n.face_id, n.similarity) for n in g.search(q, 3)] for q in probes]
     with pytest.raises(ValueError):
         g.reembed("model-64", 64, dict(list(new.items())[:-1]))  # one face short: nothing changes
-    assert g.search(unit(rng, 1)[0], 1)
+    assert [[(n.face_id, n.similarity) for n in g.search(q, 3)] for q in probes] == before
+    assert PgGallery.open_existing(url).model_id == MODEL
     g.reembed("model-64", 64, new)
     with psycopg.connect(url) as con:
         indexes = [r[0] for r in con.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'faces_hnsw_%'")]

@@ -73,13 +73,12 @@ def test_yunet_alignment_is_the_default(tmp_path, astronaut):
     assert Settings(data_dir=tmp_path).landmarks == "yunet"
 
 
-def test_a_crop_is_located_with_one_blazeface_pass_and_the_same_points(tmp_path, detector, astronaut):
+def test_a_crop_is_located_with_one_blazeface_pass_and_the_same_points(tmp_path, astronaut, astronaut_face):
     """/predict sends crops: the padded copy is tried first. Same face and points as the two-pass order,
     and a whole frame sent as a "crop" still finds its small face."""
     from facegate.client import crop_face
 
-    img = np.ascontiguousarray(astronaut)
-    face = detector.detect(img)[0]
+    img, face = np.ascontiguousarray(astronaut), astronaut_face
     p = Pipeline.from_settings(Settings(data_dir=tmp_path))
     try:
         for margin in (0.0, 0.25):

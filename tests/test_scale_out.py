@@ -105,7 +105,9 @@ def test_two_servers_share_one_gallery_and_survive_the_loss_of_one(two_servers, 
     a.proc.kill()  # SIGKILL: mid-stream, no shutdown
     a.proc.wait()
     killed_at = time.monotonic()
-    time.sleep(3)
+    deadline = killed_at + 60  # B keeps answering: wait for three of its answers after the kill
+    while sum(x[0] > killed_at for x in b_answers) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     stop.set()
     for t in threads:
         t.join(60)

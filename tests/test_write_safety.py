@@ -24,8 +24,9 @@ import pytest
 
 from conftest import ServerProcess, b64
 
-# HNSW even for a small gallery, so the index file (the derived data a crash can tear) is what answers.
-ENV = {"FACEGATE_EXACT_SEARCH_MAX": "0"}
+# The hnswlib index even for a small gallery, so its file (the derived data a crash can tear) is what
+# answers; the default PQ index keeps no file (PostgreSQL ignores both settings).
+ENV = {"FACEGATE_EXACT_SEARCH_MAX": "0", "FACEGATE_ANN_INDEX": "hnsw"}
 
 
 def _variants(astronaut, other_face) -> list[np.ndarray]:

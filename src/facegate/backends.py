@@ -1,7 +1,7 @@
 """The gallery's interface, and the choice of backend from the settings.
 
 Two backends implement ``GalleryBackend``: the embedded one (``facegate.gallery.Gallery``: SQLite
-+ hnswlib in the data directory, for one machine) and ``facegate.gallery_pg.PgGallery``
++ its search index in the data directory, for one machine) and ``facegate.gallery_pg.PgGallery``
 (PostgreSQL + pgvector, for many stateless servers sharing one database). ``settings.gallery``
 picks: None is the embedded gallery in ``data_dir``, a ``postgresql://`` URL is PostgreSQL.
 API keys and the audit log live with the gallery, so the key store follows the same choice.
@@ -67,16 +67,18 @@ class KeyBackend(Protocol):
     def close(self) -> None: ...
 
 
-def _pg_options(settings: Settings) -> dict:
+def _shared_options(settings: Settings) -> dict:
+    """The gallery settings both backends take."""
     return dict(
-        data_dir=settings.data_dir,
         exact_search_max=settings.exact_search_max,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construction=settings.hnsw_ef_construction,
-        ef_search=settings.pg_ef_search,
-        pool_size=settings.pg_pool_size,
         encryption_key=settings.encryption_key,
     )
+
+
+def _pg_options(settings: Settings) -> dict:
+    return dict(_shared_options(settings), data_dir=settings.data_dir, ef_search=settings.pg_ef_search, pool_size=settings.pg_pool_size)
 
 
 def open_gallery(settings: Settings, model_id: str, dim: int) -> GalleryBackend:
@@ -89,13 +91,10 @@ def open_gallery(settings: Settings, model_id: str, dim: int) -> GalleryBackend:
         settings.data_dir,
         model_id,
         dim,
-        exact_search_max=settings.exact_search_max,
-        hnsw_m=settings.hnsw_m,
-        hnsw_ef_construction=settings.hnsw_ef_construction,
+        **_shared_options(settings),
         hnsw_ef=settings.hnsw_ef,
         ann_index=settings.ann_index,
         pq_rerank=settings.pq_rerank,
-        encryption_key=settings.encryption_key,
     )
 
 

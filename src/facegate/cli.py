@@ -18,8 +18,8 @@ from . import audit
 from .cli_security import audit_command, check_exposure, gallery_encrypt, gallery_new_key, keys_app
 from .camera import client_app
 from .backends import describe
-from .cli_common import ConfigOpt, DataOpt, console
-from .cli_common import settings as settings_from_flags
+from .cli_common import ConfigOpt, DataOpt, console, fail
+from .cli_common import settings as _settings
 from .config import Settings, settings_for_workers
 from .errors import FaceGateError
 
@@ -38,17 +38,13 @@ gallery_app.command("new-key")(gallery_new_key)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
-_settings = settings_from_flags
-
-
 def _pipeline(settings: Settings, batching: bool = False):
     from .pipeline import Pipeline
 
     try:
         return Pipeline.from_settings(settings, batching=batching)
     except (FaceGateError, ConnectionError) as exc:
-        console.print(f"[red]error:[/red] {escape(getattr(exc, 'message', str(exc)))}")
-        raise typer.Exit(1) from None
+        fail(getattr(exc, "message", str(exc)))
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -245,8 +241,7 @@ def _gallery(settings: Settings):
     try:
         return open_existing_gallery(settings)
     except (FaceGateError, ConnectionError) as exc:
-        console.print(f"[red]error:[/red] {escape(getattr(exc, 'message', str(exc)))}")
-        raise typer.Exit(1) from None
+        fail(getattr(exc, "message", str(exc)))
 
 
 @people_app.command("list")

@@ -217,6 +217,23 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def mixed_models_error(others: Sequence[tuple[str, int]], active: str, elsewhere: str) -> ModelMismatchError:
+    """A gallery holding (model, faces) of ``others`` cannot serve ``active`` (either backend)."""
+    found = ", ".join(f"{m} ({n} faces)" for m, n in others)
+    return ModelMismatchError(
+        f"this gallery holds embeddings made by {found}, but the active model is {active}; "
+        f"serve with the gallery's model (--model/--tta), re-embed the gallery with "
+        f"`facegate gallery reembed --model NAME --tta MODE`, or {elsewhere}"
+    )
+
+
+def reembedded_error(stored: str, active: str) -> ModelMismatchError:
+    """Another process re-embedded the gallery while this one runs with the old model (either backend)."""
+    return ModelMismatchError(
+        f"the gallery now holds embeddings of {stored} (re-embedded?), not of the active model {active}; restart with that model"
+    )
+
+
 def check_vectors(faces: Sequence[NewFace], dim: int, model_id: str) -> np.ndarray:
     """The faces' vectors as one float32 matrix, refused unless they fit the gallery (any backend)."""
     if not faces:
@@ -281,7 +298,7 @@ class Gallery(GalleryCounts):
         self.ann_index = ann_index
         self.pq_rerank = pq_rerank
         self._lock = threading.RLock()  # the database connection and the in-memory tables
-        self._index_lock = _RWLock()  # the HNSW index: queries and saves read, adds and deletes write
+        self._index_lock = _RWLock()  # the search index: queries and saves read, adds, deletes and rebuilds write
         self._save_lock = threading.Lock()
         self._dirty = threading.Event()
         self._closing = False
@@ -368,12 +385,7 @@ class Gallery(GalleryCounts):
             "SELECT model_id, COUNT(*) FROM faces WHERE model_id != ? GROUP BY model_id", (self.model_id,)
         ).fetchall()
         if others:
-            found = ", ".join(f"{m} ({n} faces)" for m, n in others)
-            raise ModelMismatchError(
-                f"this gallery holds embeddings made by {found}, but the active model is {self.model_id}; "
-                "serve with the gallery's model (--model/--tta), re-embed the gallery with "
-                "`facegate gallery reembed --model NAME --tta MODE`, or start a new data directory"
-            )
+            raise mixed_models_error(others, self.model_id, "start a new data directory")
         if row is None or row[0] != self.model_id:
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
@@ -409,10 +421,7 @@ class Gallery(GalleryCounts):
         with self._lock:
             stored = self._db.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()
             if stored is not None and stored[0] != self.model_id:
-                raise ModelMismatchError(
-                    f"the gallery now holds embeddings of {stored[0]} (re-embedded?), not of the active model "
-                    f"{self.model_id}; restart with that model"
-                )
+                raise reembedded_error(stored[0], self.model_id)
             # data_version first, then one read snapshot: a commit in between is seen again at the next sync.
             self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
             self._db.execute("BEGIN")

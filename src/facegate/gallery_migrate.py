@@ -16,12 +16,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
 
 from . import audit
+from .cli_common import ConfigOpt
 from .encryption import Sealer
 from .errors import FaceGateError
 from .gallery import DB_NAME, INDEX_META, INDEX_NAME, Gallery
@@ -269,10 +270,6 @@ def verify(src: Dump, dst: Dump, open_dst: Callable[[], object], sample: int = 2
 
 
 # ----------------------------------------------------------------------------- the command
-def typer_option(name: str, help: str):
-    return typer.Option(name, help=help)
-
-
 def migrate_gallery(
     source: str,
     destination: str,
@@ -302,25 +299,19 @@ def migrate_gallery(
 
 
 def migrate_command(
-    source: Annotated[str, typer_option("--from", "a data directory, or a postgresql:// URL")],
-    destination: Annotated[str, typer_option("--to", "an empty data directory, or an empty PostgreSQL database's URL")],
-    sample: Annotated[int, typer_option("--sample", "vectors compared in the verification")] = 200,
-    config: Annotated[Optional[Path], typer_option("--config", "TOML settings file (else $FACEGATE_CONFIG)")] = None,
+    source: Annotated[str, typer.Option("--from", help="a data directory, or a postgresql:// URL")],
+    destination: Annotated[str, typer.Option("--to", help="an empty data directory, or an empty PostgreSQL database's URL")],
+    sample: Annotated[int, typer.Option("--sample", help="vectors compared in the verification")] = 200,
+    config: ConfigOpt = None,
 ) -> None:
     """Copy a gallery between the embedded backend and PostgreSQL (people, faces, keys, audit log), then verify."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .backends import _pg_options
-    from .config import load_settings
+    from .cli_common import console, fail, settings
 
-    console = Console(stderr=True)
-    try:
-        s = load_settings(config)
-    except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    s = settings(config)
     options = {k: v for k, v in _pg_options(s).items() if k != "encryption_key"}
     if is_postgres_url(source) and s.encryption_key and not is_postgres_url(destination):
         console.print("the destination is sealed with FACEGATE_ENCRYPTION_KEY")
@@ -339,8 +330,7 @@ def migrate_command(
                 sample=sample,
             )
         except (FaceGateError, ConnectionError) as exc:
-            console.print(f"[red]error:[/red] {escape(getattr(exc, 'message', str(exc)))}")
-            raise typer.Exit(1) from None
+            fail(getattr(exc, "message", str(exc)))
     console.print(
         f"copied {result.people[1]} people, {result.faces[1]} faces, {result.keys[1]} keys, {result.audit[1]} audit entries "
         f"from {escape(_describe(source))} to {escape(_describe(destination))}"

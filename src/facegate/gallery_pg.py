@@ -33,7 +33,7 @@ import numpy as np
 
 from . import audit
 from .errors import EncryptionError, KeyRequestError, ModelMismatchError, PersonExistsError, PersonNotFoundError
-from .gallery import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, name_key
+from .gallery import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
 from .keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
 from .rank import Neighbour
 
@@ -175,7 +175,6 @@ class PgGallery(GalleryCounts):
         from psycopg_pool import ConnectionPool
 
         self.url = url
-        self.location = redact(url)
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.model_id = model_id
         self.dim = int(dim)
@@ -241,12 +240,7 @@ class PgGallery(GalleryCounts):
             "SELECT model_id, COUNT(*) FROM faces WHERE model_id <> %s GROUP BY model_id ORDER BY model_id", (self.model_id,)
         ).fetchall()
         if others:
-            found = ", ".join(f"{m} ({k} faces)" for m, k in others)
-            raise ModelMismatchError(
-                f"this gallery holds embeddings made by {found}, but the active model is {self.model_id}; "
-                "serve with the gallery's model (--model/--tta), re-embed the gallery with "
-                "`facegate gallery reembed --model NAME --tta MODE`, or use another database"
-            )
+            raise mixed_models_error(others, self.model_id, "use another database")
         if n and stored_dim is not None and stored_dim != self.dim:
             raise ModelMismatchError(f"stored vectors have {stored_dim} dimensions, model has {self.dim}")
         if stored_model != self.model_id or stored_dim != self.dim:
@@ -285,10 +279,7 @@ class PgGallery(GalleryCounts):
     def _check_current(self, state: tuple[str | None, int | None]) -> None:
         model, dim = state
         if model is not None and (model != self.model_id or dim != self.dim):
-            raise ModelMismatchError(
-                f"the gallery now holds embeddings of {model} (re-embedded?), not of the active model {self.model_id}; "
-                "restart with that model"
-            )
+            raise reembedded_error(model, self.model_id)
 
     # ------------------------------------------------------------------ writes
     def _insert_faces(self, con, person_id: int, faces: Sequence[NewFace], vecs: np.ndarray, model_id: str) -> list[int]:
@@ -325,8 +316,6 @@ class PgGallery(GalleryCounts):
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
         name = clean_name(name, max_name_length)
         vecs = check_vectors(faces, self.dim, self.model_id)
-        if model_id != self.model_id:
-            raise ModelMismatchError(f"embeddings made by {model_id} cannot join a gallery of {self.model_id}")
         with self._tx() as (con, state):
             self._check_current(state)
             row = con.execute(

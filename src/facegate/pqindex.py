@@ -51,7 +51,6 @@ class PQIndex:
         while dim % sub:
             sub -= 1
         self.sub = sub
-        self.dim = dim
         self.trained_on = len(ids)
         self.stale = 0
         self._next = 0

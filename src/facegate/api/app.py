@@ -13,7 +13,7 @@ from .. import __version__
 from ..config import Settings
 from ..pipeline import Pipeline
 from .. import web
-from ..backends import keys_for
+from ..backends import describe, keys_for
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -41,7 +41,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             log.warning("no API key exists: every route is open to whoever reaches this server (create one: facegate keys create --role admin)")
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
-            __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, getattr(g, "location", g.data_dir), g.person_count, g.face_count,
+            __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,
         )
         try:
             yield

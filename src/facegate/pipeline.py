@@ -205,12 +205,15 @@ class Pipeline:
         def crop_like(f: Face) -> bool:
             return f.width > CROP_LIKE * w or f.height > CROP_LIKE * h
 
-        face = pick_main_face(self.detector.detect_in_crop(image), image.shape) if crop else None
+        def padded() -> Face | None:
+            return pick_main_face(self.detector.detect_in_crop(image), image.shape)
+
+        first = padded() if crop else None
+        face = first
         if face is None or not crop_like(face):
             face = pick_main_face(self.detector.detect(image), image.shape)
             if face is None or crop_like(face):
-                padded = pick_main_face(self.detector.detect_in_crop(image), image.shape)
-                face = padded or face
+                face = (first if crop else padded()) or face  # the padded pass runs once either way
         if face is None:
             face = self._fallback_face(image)
         if face is not None:

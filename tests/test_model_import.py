@@ -293,6 +293,14 @@ def test_served_embedding_equals_adaface_on_a_crop(imports):
     imported = imports("ir18")
     from facegate.embed import load_embedder
 
+    import onnx
+
+    from facegate.embed import fast_onnx
+
+    # The file keeps PyTorch's PRelu layers; the served graph has them rewritten (facegate.embed._prelu_as_relu).
+    on_disk = (imported.models_dir / f"{imported.card['name']}.onnx").read_bytes()
+    assert sum(n.op_type == "PRelu" for n in onnx.load_from_string(on_disk).graph.node) > 0
+    assert not any(n.op_type == "PRelu" for n in onnx.load_from_string(fast_onnx(on_disk)).graph.node)
     emb = load_embedder(imported.card["name"], models_dir=imported.models_dir, threads=1)
     rgb = np.random.default_rng(6).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
     x = torch.tensor((((rgb[..., ::-1] / 255.0) - 0.5) / 0.5).transpose(0, 3, 1, 2).copy()).float()

@@ -8,6 +8,11 @@
    crop with its eye points) from 1, 8, 32 and 128 concurrent clients for --seconds each:
    requests/s, p50/p95/p99 latency, errors, 503s, and server throughput / raw model throughput.
 
+This machine's speed drifts by 10-15% over minutes (a shared VM), so the model alone is measured
+again right before each level (its best TTA batch, a few seconds) and each level's ratio is taken
+against that figure: side by side. CPU time per request (server process, all threads; the model
+alone) is reported too: unlike requests/s it hardly depends on the machine's pace.
+
 Writes JSON (--json) and a markdown table (--markdown).
 
     python bench/load.py [--clients 1 8 32 128] [--seconds 20] [--json out.json] [--markdown out.md]
@@ -68,8 +73,10 @@ def model_limit(threads: int) -> dict:
     inp = x[:1].astype(np.float32).transpose(0, 3, 1, 2).copy()
     name = raw.get_inputs()[0].name
     orig = per_call(lambda a: raw.run(None, {name: a}), inp)
+    best_tta = max(tta_best, key=lambda n: tta_best[n])
     return {
         "threads": threads,
+        "tta_best_batch": best_tta,
         "batches": batches,
         "best_batch": best,
         "best_faces_per_s": batches[best]["faces_per_s"],
@@ -79,6 +86,30 @@ def model_limit(threads: int) -> dict:
         "tta_requests_per_s_best": max(tta_best.values()),
         "tta_requests_per_s_by_batch": tta_best,
     }
+
+
+def tta_rate(threads: int, requests_per_call: int, seconds: float = 4.0) -> dict:
+    """The model alone with flip TTA at one batch size: requests/s and CPU ms per request (this process)."""
+    from facegate.embed import FlipTTA, load_embedder
+
+    tta = FlipTTA(load_embedder("sface", threads=threads), "sum")
+    x = np.random.default_rng(1).integers(0, 255, (requests_per_call, 112, 112, 3), dtype=np.uint8)
+    tta.embed(x)
+    n, c0, t0 = 0, time.process_time(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        tta.embed(x)
+        n += requests_per_call
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"requests_per_s": n / wall, "cpu_ms_per_request": 1000 * cpu / n}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def predict_body() -> dict:
@@ -164,11 +195,13 @@ def _load_process(url: str, body: dict, clients: int, seconds: float, out) -> No
     out.put(asyncio.run(main()))
 
 
-def run_level(url: str, body: dict, clients: int, seconds: float) -> dict:
+def run_level(url: str, body: dict, clients: int, seconds: float, server_pid: int | None = None) -> dict:
     q: mp.Queue = mp.Queue()
     p = mp.Process(target=_load_process, args=(url, body, clients, seconds, q))
+    cpu0 = process_cpu_s(server_pid) if server_pid else None
     p.start()
     res = q.get(timeout=seconds + 120)
+    cpu1 = process_cpu_s(server_pid) if server_pid else None
     p.join(30)
     lat = np.array(res["latencies"]) * 1000
     ok = res["codes"].get(200, 0)
@@ -183,6 +216,8 @@ def run_level(url: str, body: dict, clients: int, seconds: float) -> dict:
         "http_503": res["codes"].get(503, 0),
         "errors": res["errors"] + sum(v for k, v in res["codes"].items() if k not in (200, 503)),
         "generator_cpu_ms_per_request": 1000 * res["generator_cpu_s"] / max(1, sum(res["codes"].values())),
+        # Includes the CPU spent refusing (503s) and on the warm-up's tail: per answered request.
+        "server_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / max(1, ok) if cpu0 is not None and cpu1 is not None else None,
     }
 
 
@@ -196,19 +231,27 @@ def markdown(result: dict) -> str:
         f"{m['unmodified_file_batch1_ms']:.1f} ms. With flip TTA (face + mirror per request): "
         f"{m['tta_request_ms']:.1f} ms per request alone, {m['tta_requests_per_s_best']:.1f} requests/s at best.",
         "",
-        "| clients | requests/s | p50 ms | p95 ms | p99 ms | 503s | errors | server / model throughput | load generator CPU ms/request |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"Each level's ratio is against the model alone measured just before it (TTA, {m['tta_best_batch']} requests a call); "
+        "CPU ms are per answered request.",
+        "",
+        "| clients | requests/s | p50 ms | p95 ms | p99 ms | 503s | errors | model alone, requests/s | server / model throughput "
+        "| server CPU ms | model CPU ms | load generator CPU ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for lv in result["levels"]:
-        f = lambda v: f"{v:.0f}" if v is not None else "-"  # noqa: E731
+        f = lambda v, p=0: f"{v:.{p}f}" if v is not None else "-"  # noqa: E731
+        ref = lv.get("model_alone") or {"requests_per_s": m["tta_requests_per_s_best"], "cpu_ms_per_request": None}
         lines.append(
             f"| {lv['clients']} | {lv['requests_per_s']:.1f} | {f(lv['p50_ms'])} | {f(lv['p95_ms'])} | {f(lv['p99_ms'])} "
-            f"| {lv['http_503']} | {lv['errors']} | {lv['requests_per_s'] / m['tta_requests_per_s_best']:.0%} "
-            f"| {lv.get('generator_cpu_ms_per_request', float('nan')):.2f} |"
+            f"| {lv['http_503']} | {lv['errors']} | {ref['requests_per_s']:.1f} | {lv['requests_per_s'] / ref['requests_per_s']:.0%} "
+            f"| {f(lv.get('server_cpu_ms_per_request'), 1)} | {f(ref['cpu_ms_per_request'], 1)} "
+            f"| {f(lv.get('generator_cpu_ms_per_request'), 2)} |"
         )
     one = result["levels"][0]
     if one["clients"] == 1 and one["p50_ms"]:
-        lines += ["", f"Idle server, one client: /predict p50 {one['p50_ms']:.1f} ms = {one['p50_ms'] / m['tta_request_ms']:.2f}x the model's own time for one request."]
+        ref_ms = (one.get("model_alone") or {}).get("batch1_ms", m["tta_request_ms"])
+        lines += ["", f"Idle server, one client: /predict p50 {one['p50_ms']:.1f} ms = {one['p50_ms'] / ref_ms:.2f}x the model's own time "
+                  f"for one request ({ref_ms:.1f} ms, measured just before)."]
     return "\n".join(lines) + "\n"
 
 
@@ -245,8 +288,11 @@ def main() -> int:
         levels = []
         for n in args.clients:
             print(f"{n} clients for {args.seconds:.0f} s ...", file=sys.stderr)
+            alone = tta_rate(threads, model["tta_best_batch"])
+            if n == 1:  # the idle-latency reference: one request (its face and mirror) alone, just before
+                alone["batch1_ms"] = 1000 / tta_rate(threads, 1, 3.0)["requests_per_s"]
             run_level(url, body, n, 2.0)  # warm-up
-            levels.append(run_level(url, body, n, args.seconds))
+            levels.append(run_level(url, body, n, args.seconds, proc.pid if proc is not None else None) | {"model_alone": alone})
             print(json.dumps(levels[-1]), file=sys.stderr)
     finally:
         if proc is not None:

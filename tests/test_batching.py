@@ -103,3 +103,35 @@ def test_close_stops_the_thread():
     b = MicroBatcher(_slow)
     b.close()
     assert not b._thread.is_alive()
+
+
+def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_the_model_from_spinning(tmp_path):
+    """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded,
+    onnxruntime's workers not busy-waiting; a CLI pipeline (back-to-back model calls) keeps spinning."""
+    import cv2
+    from threadpoolctl import threadpool_info
+
+    from facegate.config import Settings
+    from facegate.pipeline import Pipeline
+
+    def spinning(p: Pipeline) -> str:
+        opts = p.embedder.base._session.get_session_options()
+        key = "session.intra_op.allow_spinning"
+        try:
+            return opts.get_session_config_entry(key)
+        except RuntimeError:  # not set: onnxruntime's default (spinning)
+            return "default"
+
+    cli = Pipeline.from_settings(Settings(data_dir=tmp_path / "cli"))
+    try:
+        assert spinning(cli) == "default"
+    finally:
+        cli.close()
+    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server"), batching=True)
+    try:
+        assert spinning(server) == "0"
+        blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
+        assert blas and all(p["num_threads"] == 1 for p in blas)
+        assert cv2.getNumThreads() == 1
+    finally:
+        server.close()

@@ -134,13 +134,20 @@ class OnnxEmbedder:
         std: float = 1.0,
         threads: int = 2,
         family: str = "",
+        spinning: bool = True,
     ) -> None:
+        """``spinning``: onnxruntime's worker threads busy-wait for work between and after calls (its
+        default; best for back-to-back calls). A server turns it off: between its model calls the
+        cores belong to detection and HTTP, and under load a tenth of the server's CPU was that
+        spin loop (``perf``; README, "Many requests at once")."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        if not spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
@@ -294,7 +301,7 @@ def imported_models(models_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None) -> OnnxEmbedder:
+def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, spinning: bool = True) -> OnnxEmbedder:
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
     spec = BUNDLED.get(name)
     if spec is not None:
@@ -308,6 +315,7 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             std=spec.std,
             threads=threads,
             family=spec.name,
+            spinning=spinning,
         )
     cards = imported_models(models_dir)
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
@@ -334,4 +342,5 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
         std=float(pre.get("std", 127.5)),
         threads=threads,
         family=card.get("family", ""),
+        spinning=spinning,
     )

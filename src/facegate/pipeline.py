@@ -143,7 +143,8 @@ class Pipeline:
         if batching:
             limit_library_threads()
         embedder = FlipTTA(
-            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir), settings.tta
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, spinning=not batching),
+            settings.tta,
         )
         detector = BlazeFaceDetector(
             settings.detector,

@@ -105,31 +105,34 @@ def test_close_stops_the_thread():
     assert not b._thread.is_alive()
 
 
-def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_the_model_from_spinning(tmp_path):
+def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_the_model_quiet_under_load(tmp_path):
     """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded,
-    onnxruntime's workers not busy-waiting; a CLI pipeline (back-to-back model calls) keeps spinning."""
+    onnxruntime's workers not busy-waiting in batches (a busy server); a CLI pipeline keeps onnxruntime's default."""
     import cv2
     from threadpoolctl import threadpool_info
 
     from facegate.config import Settings
     from facegate.pipeline import Pipeline
 
-    def spinning(p: Pipeline) -> str:
-        opts = p.embedder.base._session.get_session_options()
-        key = "session.intra_op.allow_spinning"
+    def spinning(session) -> str:
+        opts = session.get_session_options()
         try:
-            return opts.get_session_config_entry(key)
+            return opts.get_session_config_entry("session.intra_op.allow_spinning")
         except RuntimeError:  # not set: onnxruntime's default (spinning)
             return "default"
 
     cli = Pipeline.from_settings(Settings(data_dir=tmp_path / "cli"))
     try:
-        assert spinning(cli) == "default"
+        assert spinning(cli.embedder.base._session) == "default" and cli.embedder.base._quiet is None
     finally:
         cli.close()
     server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server"), batching=True)
     try:
-        assert spinning(server) == "0"
+        model = server.embedder.base
+        # A lone request (face + mirror) on the spinning session, batches of more on the quiet one.
+        assert spinning(model._session) == "default" and spinning(model._quiet) == "0" and model.quiet_from == 3
+        x = crops(4, 7)
+        np.testing.assert_allclose(model.raw(x), np.concatenate([model.raw(x[:2]), model.raw(x[2:])]), rtol=1e-4, atol=1e-4)
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and all(p["num_threads"] == 1 for p in blas)
         assert cv2.getNumThreads() == 1

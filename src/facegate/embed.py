@@ -134,21 +134,31 @@ class OnnxEmbedder:
         std: float = 1.0,
         threads: int = 2,
         family: str = "",
-        spinning: bool = True,
+        quiet_from: int = 0,
     ) -> None:
-        """``spinning``: onnxruntime's worker threads busy-wait for work between and after calls (its
-        default; best for back-to-back calls). A server turns it off: between its model calls the
-        cores belong to detection and HTTP, and under load a tenth of the server's CPU was that
-        spin loop (``perf``; README, "Many requests at once")."""
+        """``quiet_from``: batches of at least this many faces run on a second session of the same
+        model whose worker threads sleep between parallel sections instead of spin-waiting (0: one
+        session, onnxruntime's default spinning, best for back-to-back calls such as the CLI's).
+
+        Why a server wants both (README, "Many requests at once"): a lone request on an idle server
+        is fastest with spinning workers (no wake-up per operator: /predict 27 vs 32 ms in 3
+        alternating runs), while under load the spinning after and around each call took a tenth of
+        the server's CPU from detection and HTTP (``perf``): 42 vs 38 requests/s at 32 clients.
+        """
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        if not spinning:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+        def session(spin: bool) -> ort.InferenceSession:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            if not spin:
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
+
+        self._session = session(True)
+        self._quiet = session(False) if quiet_from > 0 else None
+        self.quiet_from = quiet_from
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.name = name
@@ -180,7 +190,8 @@ class OnnxEmbedder:
         x = self.preprocess(aligned)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        out = dict(zip(self._outputs, self._session.run(None, {self._input: x})))
+        sess = self._quiet if self._quiet is not None and len(x) >= self.quiet_from else self._session
+        out = dict(zip(self._outputs, sess.run(None, {self._input: x})))
         if "embedding" in out and "norm" in out:  # AdaFace exports: unit vector and its norm
             return (out["embedding"] * out["norm"]).astype(np.float32)
         return out[self._outputs[0]]
@@ -301,7 +312,7 @@ def imported_models(models_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, spinning: bool = True) -> OnnxEmbedder:
+def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, quiet_from: int = 0) -> OnnxEmbedder:
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
     spec = BUNDLED.get(name)
     if spec is not None:
@@ -315,7 +326,7 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             std=spec.std,
             threads=threads,
             family=spec.name,
-            spinning=spinning,
+            quiet_from=quiet_from,
         )
     cards = imported_models(models_dir)
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
@@ -342,5 +353,5 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
         std=float(pre.get("std", 127.5)),
         threads=threads,
         family=card.get("family", ""),
-        spinning=spinning,
+        quiet_from=quiet_from,
     )

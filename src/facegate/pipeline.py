@@ -26,6 +26,10 @@ from .rank import Decision, rank
 #: JPEG quality of stored crops: re-embedding one gives a vector within cosine 0.996 of the original's.
 CROP_QUALITY = 95
 
+#: Server model calls of this many faces or more (more than one request's face and mirror: a busy server)
+#: run on the onnxruntime session whose threads do not spin-wait (``OnnxEmbedder``'s ``quiet_from``).
+QUIET_FROM = 3
+
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
 #: The decision given to a face too poor to name: nobody, similarity 0 (the answer's status is "retry").
@@ -143,7 +147,7 @@ class Pipeline:
         if batching:
             limit_library_threads()
         embedder = FlipTTA(
-            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, spinning=not batching),
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, quiet_from=QUIET_FROM if batching else 0),
             settings.tta,
         )
         detector = BlazeFaceDetector(

@@ -239,6 +239,10 @@ class Pipeline:
                 face = (first if crop else padded()) or face  # the padded pass runs once either way
         if face is None:
             face = self._fallback_face(image)
+            # Found by the fallback alone where BlazeFace saw nothing: trusted only if it agrees with the client's
+            # eyes (a 25-px eye strip once gave YuNet a 0.71 "face" beside the eyes, in some server states only).
+            if face is not None and eyes is not None and not _eyes_agree(face.eyes, eyes):
+                face = None
         if face is not None:
             points = self._points(image, face)
             # The client's eyes (BlazeFace on its whole frame) beat BlazeFace's on a crop, but not YuNet's

@@ -36,15 +36,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import start_server  # noqa: E402
+from report import write_report  # noqa: E402
 
 
-def model_limit(threads: int) -> dict:
+def model_limit(tta, threads: int) -> dict:
+    """``tta``: FlipTTA over the bundled SFace as ``load_embedder`` serves it (the CLI's session settings)."""
     import onnxruntime as ort
 
-    from facegate.embed import BUNDLED, FlipTTA, load_embedder, model_path
+    from facegate.embed import BUNDLED, model_path
 
-    emb = load_embedder("sface", threads=threads)
-    tta = FlipTTA(emb, "sum")
+    emb = tta.base
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, (32, 112, 112, 3), dtype=np.uint8)
 
@@ -88,11 +89,8 @@ def model_limit(threads: int) -> dict:
     }
 
 
-def tta_rate(threads: int, requests_per_call: int, seconds: float = 4.0) -> dict:
+def tta_rate(tta, requests_per_call: int, seconds: float = 4.0) -> dict:
     """The model alone with flip TTA at one batch size: requests/s and CPU ms per request (this process)."""
-    from facegate.embed import FlipTTA, load_embedder
-
-    tta = FlipTTA(load_embedder("sface", threads=threads), "sum")
     x = np.random.default_rng(1).integers(0, 255, (requests_per_call, 112, 112, 3), dtype=np.uint8)
     tta.embed(x)
     n, c0, t0 = 0, time.process_time(), time.perf_counter()
@@ -266,10 +264,12 @@ def main() -> int:
     args = ap.parse_args()
 
     from facegate.config import Settings
+    from facegate.embed import FlipTTA, load_embedder
 
     threads = Settings().inference_threads
     print("measuring the model alone ...", file=sys.stderr)
-    model = model_limit(threads)
+    tta = FlipTTA(load_embedder("sface", threads=threads), "sum")  # loaded once, measured before every level
+    model = model_limit(tta, threads)
     body = predict_body()
     tmp = tempfile.TemporaryDirectory()
     # Every simulated client comes from 127.0.0.1: the per-address and per-key rate limits (abuse
@@ -288,9 +288,9 @@ def main() -> int:
         levels = []
         for n in args.clients:
             print(f"{n} clients for {args.seconds:.0f} s ...", file=sys.stderr)
-            alone = tta_rate(threads, model["tta_best_batch"])
+            alone = tta_rate(tta, model["tta_best_batch"])
             if n == 1:  # the idle-latency reference: one request (its face and mirror) alone, just before
-                alone["batch1_ms"] = 1000 / tta_rate(threads, 1, 3.0)["requests_per_s"]
+                alone["batch1_ms"] = 1000 / tta_rate(tta, 1, 3.0)["requests_per_s"]
             run_level(url, body, n, 2.0)  # warm-up
             levels.append(run_level(url, body, n, args.seconds, proc.pid if proc is not None else None) | {"model_alone": alone})
             print(json.dumps(levels[-1]), file=sys.stderr)
@@ -304,13 +304,7 @@ def main() -> int:
         "model": model,
         "levels": levels,
     }
-    md = markdown(result)
-    print(md)
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        Path(args.markdown).write_text(md)
+    write_report(result, markdown(result), args.json_out, args.markdown)
     return 0
 
 

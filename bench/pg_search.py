@@ -17,7 +17,6 @@ per face: the state row, the index scan, the join with people); and PostgreSQL's
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 import search as sb  # noqa: E402  (bench/search.py: the synthetic faces and the recall helpers)
 
 from facegate.gallery_pg import PgGallery  # noqa: E402
@@ -205,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"  pgvector build {p['build_s']} s, index {p['index_mib']} MiB, exact {p['exact_gallery_search']}")
             report["sizes"].append({"n": n, "hnswlib": h, "pgvector": p})
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    md = markdown(report)
-    print(md)
-    Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json_out).write_text(json.dumps(report, indent=2))
-    Path(args.md_out).write_text(md)
+    write_report(report, markdown(report), args.json_out, args.md_out)
     log(f"wrote {args.json_out} and {args.md_out}")
     return 0
 

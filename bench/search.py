@@ -50,6 +50,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
+
 K = 5
 _T0 = time.perf_counter()
 
@@ -772,13 +775,8 @@ def main(argv: list[str] | None = None) -> int:
         "fastest_qualifying": fastest, "defaults": defaults, "concurrency": concurrency,
         "targets": {"recall_at_5": args.recall_target, "p50_ms": args.p50_target, "add_ms": args.add_target},
     }
-    md = markdown(report)
     print()
-    print(md)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2, default=_json_default))
-    if args.md_out:
-        Path(args.md_out).write_text(md)
+    write_report(report, markdown(report), args.json_out, args.md_out, default=_json_default)
     log(f"done in {meta['total_s'] / 60:.1f} min")
     return 0
 

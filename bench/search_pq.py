@@ -19,7 +19,6 @@ lfw-dev; its data options apply here too), so the two read side by side. For eac
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import write_report  # noqa: E402
 from search import K, add_data_args, apply_isotropic, fmt_n, ground_truth, make_faces, malloc_trim, ms_stats, parse_size, recall, rss_bytes  # noqa: E402
 
 from facegate.pqindex import PQIndex, exact_top  # noqa: E402
@@ -163,12 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             malloc_trim()
     meta["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     report = {"meta": meta, "results": results}
-    md = markdown(report)
-    print(md)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2))
-    if args.md_out:
-        Path(args.md_out).write_text(md)
+    write_report(report, markdown(report), args.json_out, args.md_out)
     return 0
 
 

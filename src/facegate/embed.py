@@ -173,7 +173,6 @@ class OnnxEmbedder:
         self.std = std
         self.dim = int(self._session.get_outputs()[0].shape[-1])
         self.family = family
-        self.sha256 = hashlib.sha256(model_bytes).hexdigest()[:12]
 
     @property
     def model_id(self) -> str:

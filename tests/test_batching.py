@@ -99,40 +99,94 @@ def test_a_failing_batch_fails_its_requests_and_the_batcher_survives():
         b.close()
 
 
-def test_close_stops_the_thread():
-    b = MicroBatcher(_slow)
+def test_close_stops_every_thread():
+    b = MicroBatcher(_slow, workers=3)
+    assert sum(t.is_alive() for t in b._threads) == 3
     b.close()
-    assert not b._thread.is_alive()
+    assert not any(t.is_alive() for t in b._threads)
 
 
-def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_the_model_quiet_under_load(tmp_path):
-    """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded,
-    onnxruntime's workers not busy-waiting in batches (a busy server); a CLI pipeline keeps onnxruntime's default."""
+def test_several_model_threads_run_batches_side_by_side():
+    """Two workers, two requests at once: both run together (0.2 s each), not one after the other."""
+    running, peak = [0], [0]
+
+    def fn(x):
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+        try:
+            return _slow(x)
+        finally:
+            running[0] -= 1
+
+    b = MicroBatcher(fn, max_batch=1, workers=2)
+    try:
+        t0 = time.monotonic()
+        futures = [b.submit(crops(1, i)) for i in range(2)]
+        for f in futures:
+            f.result(timeout=5)
+        assert peak[0] == 2 and time.monotonic() - t0 < 0.35
+    finally:
+        b.close()
+
+
+def test_admission_counts_the_model_threads():
+    """The queue a request joins drains at (model threads / seconds per request of one thread)."""
+    from facegate.api.deps import Worker
+
+    one, two = Worker(8, 100, latency_budget_s=1.0), Worker(8, 100, latency_budget_s=1.0, model_threads=2)
+    for w in (one, two):
+        w.observe_batch(4, 2, 0.2)  # 0.1 s a request on one model thread
+    one.pending = two.pending = 12  # 1.3 s of work on one thread, 0.65 s on two
+    assert one.admission_error() is not None and two.admission_error() is None
+
+
+def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_model_in_lanes(tmp_path):
+    """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded;
+    a lone small call on the model's all-threads session, batches and concurrent calls on its
+    single-threaded lane, one model thread per lane; a CLI pipeline has the one session."""
+    import threading
+
     import cv2
     from threadpoolctl import threadpool_info
 
     from facegate.config import Settings
     from facegate.pipeline import Pipeline
 
-    def spinning(session) -> str:
-        opts = session.get_session_options()
-        try:
-            return opts.get_session_config_entry("session.intra_op.allow_spinning")
-        except RuntimeError:  # not set: onnxruntime's default (spinning)
-            return "default"
-
     cli = Pipeline.from_settings(Settings(data_dir=tmp_path / "cli"))
     try:
-        assert spinning(cli.embedder.base._session) == "default" and cli.embedder.base._quiet is None
+        assert cli.embedder.base._lane is None and cli.batcher is None
     finally:
         cli.close()
-    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server"), batching=True)
+    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server", inference_threads=2), batching=True)
     try:
         model = server.embedder.base
-        # A lone request (face + mirror) on the spinning session, batches of more on the quiet one.
-        assert spinning(model._session) == "default" and spinning(model._quiet) == "0" and model.quiet_from == 3
+        assert model._session.get_session_options().intra_op_num_threads == 2
+        assert model._lane.get_session_options().intra_op_num_threads == 1 and model.lane_from == 3
+        assert server.batcher.workers == 2
+        used = []
+        for name in ("_session", "_lane"):  # record which session each call ran on
+            real = getattr(model, name)
+            setattr(model, name, type("Spy", (), {"run": lambda self, *a, _r=real, _n=name: (used.append(_n), _r.run(*a))[1]})())
         x = crops(4, 7)
-        np.testing.assert_allclose(model.raw(x), np.concatenate([model.raw(x[:2]), model.raw(x[2:])]), rtol=1e-4, atol=1e-4)
+        whole = model.raw(x)  # a batch: the lane
+        halves = np.concatenate([model.raw(x[:2]), model.raw(x[2:])])  # small calls, alone: all threads
+        assert used == ["_lane", "_session", "_session"]
+        np.testing.assert_allclose(whole, halves, rtol=1e-4, atol=1e-4)
+        gate = threading.Barrier(2)
+        out: dict[int, np.ndarray] = {}
+
+        def call(i: int) -> None:
+            gate.wait()
+            out[i] = model.raw(x[2 * i : 2 * i + 2])
+
+        used.clear()
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        np.testing.assert_allclose(np.concatenate([out[0], out[1]]), whole, rtol=1e-4, atol=1e-4)
+        assert len(used) == 2  # (which call ran alone depends on timing; both answers must be right)
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and all(p["num_threads"] == 1 for p in blas)
         assert cv2.getNumThreads() == 1

@@ -14,7 +14,7 @@ from facegate.pipeline import Pipeline
 
 @pytest.fixture(scope="module")
 def yunet():
-    d = YuNetDetector(pool_size=1)
+    d = YuNetDetector()
     yield d
     d.close()
 
@@ -27,6 +27,42 @@ def test_yunet_points_follow_the_arcface_template_order(yunet, astronaut):
     left_eye, right_eye, nose, mouth_l, mouth_r = kp
     assert left_eye[0] < nose[0] < right_eye[0] and mouth_l[0] < mouth_r[0]
     assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_l[1], mouth_r[1])
+
+
+def _opencv_yunet(rgb: np.ndarray) -> np.ndarray:
+    """OpenCV's own YuNet wrapper on the same model file: (N, 15) rows, best first."""
+    from importlib import resources
+
+    from facegate.detect import YUNET_RESOURCE
+
+    path = str(resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1]))
+    g = cv2.FaceDetectorYN.create(path, "", (rgb.shape[1], rgb.shape[0]), 0.6, 0.3, 50)
+    _, dets = g.detect(np.ascontiguousarray(rgb[..., ::-1]))
+    dets = np.zeros((0, 15), np.float32) if dets is None else dets
+    return dets[np.argsort(-dets[:, 14])]
+
+
+def test_yunet_on_onnxruntime_finds_what_opencvs_wrapper_finds(yunet, astronaut):
+    """Our decoding of the network's outputs against cv2.FaceDetectorYN, on sizes that are and are not multiples of 32."""
+    img = np.ascontiguousarray(astronaut)
+    cases = {
+        "astronaut 512x512": img,
+        "odd size 301x257": cv2.resize(img, (301, 257), interpolation=cv2.INTER_AREA),
+        "small face in a wide frame": cv2.resize(_wide_frame(astronaut), (640, 360), interpolation=cv2.INTER_AREA),
+        "dark": (img * 0.25).astype(np.uint8),
+        "no face": np.full((200, 240, 3), 128, np.uint8),
+    }
+    found = 0
+    for name, rgb in cases.items():
+        ours, theirs = yunet.detect(rgb), _opencv_yunet(rgb)
+        assert len(ours) == len(theirs), name
+        for f, d in zip(ours, theirs):
+            x, y, w, h = d[:4]
+            assert np.abs(np.array(f.box) - [x, y, x + w, y + h]).max() < 0.5, name
+            assert np.abs(f.keypoints - d[4:14].reshape(5, 2)).max() < 0.5, name
+            assert abs(f.score - d[14]) < 0.01, name
+            found += 1
+    assert found >= 4  # a face in each image that has one
 
 
 def test_landmarks_near_a_blazeface_box(yunet, detector, astronaut):

@@ -1,8 +1,9 @@
 """Dynamic micro-batching of embedding calls, with a bounded queue and per-request deadlines.
 
-One inference thread owns the model. Requests that arrive while it is busy are embedded together
-in its next call (up to ``max_batch`` faces), so under load the model runs at its best batch size
-with all cores, and an idle server never waits: a lone request is run at once.
+A few inference threads (``workers``, one per core the model may use) take requests from one
+queue. Requests that arrive while they are busy are embedded together in the next free thread's
+call (up to ``max_batch`` faces), so under load the model runs near its best batch size on every
+core, and an idle server never waits: a lone request is run at once.
 """
 
 from __future__ import annotations
@@ -48,14 +49,17 @@ class MicroBatcher:
         max_queue: int = 64,
         max_wait_s: float = 0.0,
         on_batch: BatchHook | None = None,
+        workers: int = 1,
     ) -> None:
         self.fn = fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        self._thread = threading.Thread(target=self._loop, name="facegate-embed", daemon=True)
-        self._thread.start()
+        self.workers = workers
+        self._threads = [threading.Thread(target=self._loop, name=f"facegate-embed-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     @property
     def depth(self) -> int:
@@ -78,10 +82,12 @@ class MicroBatcher:
             raise DeadlineError(f"no answer within {timeout_s:.1f} s; retry shortly") from None
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
 
-    # ------------------------------------------------------------------ the inference thread
+    # ------------------------------------------------------------------ the inference threads
     def _take(self) -> list[_Job] | None:
         first = self._queue.get()
         if first is None:

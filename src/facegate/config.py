@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1024)
     min_image_side: int = Field(24, ge=1)
     max_name_length: int = Field(128, ge=1, le=1024)
-    inference_threads: int = Field(2, ge=1, le=64, description="onnxruntime threads of the one inference thread.")
+    inference_threads: int = Field(2, ge=1, le=64, description="Model threads: calls side by side under load (one core each); a lone request uses them all.")
     worker_threads: int = Field(8, ge=1, le=256, description="Threads decoding, detecting and searching for requests.")
     max_batch: int = Field(8, ge=1, le=256, description="Faces embedded together at most (x2 with flip TTA).")
     batch_wait_ms: float = Field(0.0, ge=0.0, le=100.0, description="Extra wait to fill a batch; 0 takes what queued.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -136,32 +137,33 @@ class OnnxEmbedder:
         std: float = 1.0,
         threads: int = 2,
         family: str = "",
-        quiet_from: int = 0,
+        lane_from: int = 0,
     ) -> None:
-        """``quiet_from``: batches of at least this many faces run on a second session of the same
-        model whose worker threads sleep between parallel sections instead of spin-waiting (0: one
-        session, onnxruntime's default spinning, best for back-to-back calls such as the CLI's).
+        """``lane_from``: 0 for one session (the CLI: calls one after another, each on ``threads``
+        cores). Above 0, a second, single-threaded session of the same model (a *lane*) takes every
+        batch of at least ``lane_from`` faces and every call made while another is running, so the
+        server's model threads each run a batch on one core side by side; a lone small call on an
+        idle server still gets all ``threads`` cores (and onnxruntime's spin-waiting workers).
 
-        Why a server wants both (README, "Many requests at once"): a lone request on an idle server
-        is fastest with spinning workers (no wake-up per operator: one face and its mirror in 17.0
-        vs 22.4 ms, calls interleaved), while under load the spinning after and around each call
-        took a tenth of the server's CPU from detection and HTTP (``perf``; 6 alternating 32-client
-        runs without it: 41.3 vs 46.4 ms of CPU per request, 44 vs 41 requests/s).
+        Why (README, "Many requests at once"): two single-threaded calls side by side embed more
+        faces per second than one call on two threads (no barrier after each operator), and a lane
+        has no worker threads to spin-wait while detection needs the cores; a lone face and its
+        mirror are still fastest on two spinning threads (20 vs 31 ms on one).
         """
         import onnxruntime as ort
 
-        def session(spin: bool) -> ort.InferenceSession:
+        def session(threads: int) -> ort.InferenceSession:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
-            if not spin:
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
-        self._session = session(True)
-        self._quiet = session(False) if quiet_from > 0 else None
-        self.quiet_from = quiet_from
+        self._session = session(threads)
+        self._lane = session(1) if lane_from > 0 else None
+        self.lane_from = lane_from
+        self._lock = threading.Lock()
+        self._running = 0
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.name = name
@@ -192,11 +194,23 @@ class OnnxEmbedder:
         x = self.preprocess(aligned)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        sess = self._quiet if self._quiet is not None and len(x) >= self.quiet_from else self._session
-        out = dict(zip(self._outputs, sess.run(None, {self._input: x})))
+        out = dict(zip(self._outputs, self._run(x)))
         if "embedding" in out and "norm" in out:  # AdaFace exports: unit vector and its norm
             return (out["embedding"] * out["norm"]).astype(np.float32)
         return out[self._outputs[0]]
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        if self._lane is None:
+            return self._session.run(None, {self._input: x})
+        with self._lock:
+            alone = self._running == 0
+            self._running += 1
+        try:
+            session = self._session if alone and len(x) < self.lane_from else self._lane
+            return session.run(None, {self._input: x})
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def embed_with_norm(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.raw(aligned)
@@ -314,7 +328,7 @@ def imported_models(models_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, quiet_from: int = 0) -> OnnxEmbedder:
+def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, lane_from: int = 0) -> OnnxEmbedder:
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
     spec = BUNDLED.get(name)
     if spec is not None:
@@ -328,7 +342,7 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             std=spec.std,
             threads=threads,
             family=spec.name,
-            quiet_from=quiet_from,
+            lane_from=lane_from,
         )
     cards = imported_models(models_dir)
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
@@ -355,5 +369,5 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
         std=float(pre.get("std", 127.5)),
         threads=threads,
         family=card.get("family", ""),
-        quiet_from=quiet_from,
+        lane_from=lane_from,
     )

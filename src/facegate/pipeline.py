@@ -27,8 +27,8 @@ from .rank import Decision, rank
 CROP_QUALITY = 95
 
 #: Server model calls of this many faces or more (more than one request's face and mirror: a busy server)
-#: run on the onnxruntime session whose threads do not spin-wait (``OnnxEmbedder``'s ``quiet_from``).
-QUIET_FROM = 3
+#: run single-threaded, side by side with the other model threads (``OnnxEmbedder``'s ``lane_from``).
+LANE_FROM = 3
 
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
@@ -140,14 +140,14 @@ class Pipeline:
     def from_settings(cls, settings: Settings, *, batching: bool = False) -> Pipeline:
         """Load the models and open the gallery (no network access; the models ship in packages).
 
-        ``batching``: run the model in one inference thread fed by a bounded queue (the server);
+        ``batching``: run the model in ``inference_threads`` threads fed by one bounded queue (the server);
         otherwise embed in the calling thread (the CLI, evaluation). The server's process also gets
         single-threaded helper libraries (``limit_library_threads``).
         """
         if batching:
             limit_library_threads()
         embedder = FlipTTA(
-            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, quiet_from=QUIET_FROM if batching else 0),
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane_from=LANE_FROM if batching else 0),
             settings.tta,
         )
         detector = BlazeFaceDetector(
@@ -160,13 +160,14 @@ class Pipeline:
 
         gallery = open_gallery(settings, embedder.model_id, embedder.dim)
         needs_yunet = settings.landmarks == "yunet" or settings.fallback_detector == "yunet"
-        yunet = YuNetDetector(pool_size=settings.worker_threads if batching else 1) if needs_yunet else None
+        yunet = YuNetDetector() if needs_yunet else None
         batcher = (
             MicroBatcher(
                 embedder.embed_with_norm,
                 max_batch=settings.max_batch,
                 max_queue=settings.embed_queue,
                 max_wait_s=settings.batch_wait_ms / 1000.0,
+                workers=settings.inference_threads,
             )
             if batching
             else None

@@ -32,7 +32,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         p = pipeline or await anyio.to_thread.run_sync(lambda: Pipeline.from_settings(settings, batching=True))
         app.state.pipeline = p
         app.state.keys = keys_for(p.gallery)  # beside the gallery: its SQLite file or its PostgreSQL database
-        worker = Worker(settings.worker_threads, settings.max_pending, metrics, settings.latency_budget_s)
+        model_threads = p.batcher.workers if p.batcher is not None else 1
+        worker = Worker(settings.worker_threads, settings.max_pending, metrics, settings.latency_budget_s, model_threads)
         app.state.worker = worker
         if p.batcher is not None:
             p.batcher.on_batch = worker.observe_batch

@@ -24,13 +24,17 @@ class Worker:
     nothing queues without bound.
     """
 
-    def __init__(self, threads: int, max_pending: int, metrics: Metrics | None = None, latency_budget_s: float = 1.0) -> None:
+    def __init__(
+        self, threads: int, max_pending: int, metrics: Metrics | None = None, latency_budget_s: float = 1.0, model_threads: int = 1
+    ) -> None:
+        """``model_threads``: how many model calls run side by side (the batcher's workers)."""
         self.limiter = anyio.CapacityLimiter(threads)
+        self.model_threads = max(1, model_threads)
         self.max_pending = max_pending
         self.latency_budget_s = latency_budget_s
         self.pending = 0
         self.metrics = metrics
-        #: Moving average of model seconds per request, from the batcher's reports.
+        #: Moving average of model seconds per request of one model thread, from the batcher's reports.
         self.seconds_per_request = 0.0
 
     def observe_batch(self, faces: int, requests: int, seconds: float) -> None:
@@ -49,7 +53,7 @@ class Worker:
         """Why a new request would be refused now, or None. Cheap: checked before the body is read."""
         if self.pending >= self.max_pending:
             return self._refuse(f"the server is at capacity ({self.max_pending} requests in progress); retry shortly")
-        expected = (self.pending + 1) * self.seconds_per_request
+        expected = (self.pending + 1) * self.seconds_per_request / self.model_threads
         # An idle server always takes the request: one slow call (a cold start) must not refuse all after it.
         if self.pending and expected > self.latency_budget_s:
             return self._refuse(

@@ -3,8 +3,11 @@
 For photos of a labelled folder (default ../shared/faces/lfw-dev), the reference is the central face
 aligned on the whole photo; a client's crop (BlazeFace box grown by --margins, JPEG q90 as the
 clients send it) is located by several strategies, embedded, and compared with the reference
-(mean cosine similarity; higher is closer to the whole-photo alignment). Times are the locate step
-alone, one thread.
+(mean cosine similarity; higher is closer to the whole-photo alignment; biased towards the strategies
+that locate as the whole-photo path does: BlazeFace, then YuNet near its box). So each strategy's
+embeddings of all the crops are also scored as a recognizer, on their own: every pair of crops of the
+labelled people, genuine (same person) or not: equal error rate, true accept rate at 0.1% false
+accepts, and rank-1 (each crop against all the others). Times are the locate step alone, one thread.
 
     python bench/crop_locate.py [DIR] [--limit 300] [--json out.json]
 """
@@ -22,42 +25,33 @@ import numpy as np
 
 from facegate.client import crop_face, encode_jpeg
 from facegate.config import Settings
-from facegate.detect import Face, pick_main_face
+from facegate.detect import Face, face_around_eyes, pick_main_face
 from facegate.imageio import decode_image
-from facegate.pipeline import CROP_LIKE, Pipeline
+from facegate.errors import NoFaceError
+from facegate.pipeline import CROP_LIKE, LocatedFace, Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import central_face  # noqa: E402
 
 
-def eyes_box(eyes: np.ndarray) -> Face:
-    """The box BlazeFace would give for these eye points (lfw-dev medians: centre 0.58 eye distances below
-    the eyes' midpoint, width 2.45 eye distances)."""
-    d = float(np.linalg.norm(eyes[1] - eyes[0]))
-    u = (eyes[1] - eyes[0]) / d
-    c = eyes.mean(axis=0) + 0.58 * d * np.array([-u[1], u[0]])
-    r = 1.225 * d
-    return Face((c[0] - r, c[1] - r, c[0] + r, c[1] + r), 1.0, np.zeros((6, 2)))
-
-
 def strategies(p: Pipeline) -> dict:
     det, yn = p.detector, p.yunet
 
-    def unpadded_first(im, eyes=None):  # the code before: BlazeFace, again on a padded copy when the face fills the crop, then YuNet near it
+    def unpadded_first(im, eyes=None):  # the code before the padded copy came first: BlazeFace, again on a padded copy when the face fills the crop, then YuNet near it
         h, w = im.shape[:2]
         face = pick_main_face(det.detect(im), im.shape)
         if face is None or face.width > CROP_LIKE * w or face.height > CROP_LIKE * h:
             face = pick_main_face(det.detect_in_crop(im), im.shape) or face
         return face, yn.landmarks_near(im, face) if face else None
 
-    def padded_first(context: float, side: int):  # a crop: BlazeFace on the padded copy first (one pass instead of two)
+    def padded_first(context: float, side: int):  # BlazeFace on the padded copy first, YuNet near its box (served until 2026-11-30)
         def run(im, eyes=None):
             face = pick_main_face(det.detect_in_crop(im), im.shape)
             return face, yn.landmarks_near(im, face, context=context, side=side) if face else None
 
         return run
 
-    def yunet_direct(context: float):  # no BlazeFace: YuNet around the whole crop (measured, not used: see README)
+    def yunet_direct(context: float):  # no BlazeFace: YuNet around the whole crop (served at CROP_CONTEXT, with fallbacks)
         def run(im, eyes=None):
             h, w = im.shape[:2]
             whole = Face(box=(0.0, 0.0, float(w), float(h)), score=1.0, keypoints=np.zeros((6, 2)))
@@ -67,17 +61,40 @@ def strategies(p: Pipeline) -> dict:
         return run
 
     def eyes_window(im, eyes):  # no BlazeFace: YuNet around the box the client's eye points imply
-        near = yn.landmarks_near(im, eyes_box(eyes))
+        near = yn.landmarks_near(im, face_around_eyes(eyes))
         return (near, near) if near is not None else padded_first(0.6, 192)(im)
 
+    def served(im, eyes):  # what /predict does: Pipeline.locate(crop=True)
+        try:
+            return p.locate(im, eyes, crop=True), None
+        except NoFaceError:
+            return None, None
+
     return {
+        "served: Pipeline.locate(crop=True)": served,
         "eyes_window(0.6,192)": eyes_window,
         "unpadded_first(0.6,192)": unpadded_first,
         "yunet_direct(0.3)": yunet_direct(0.3),
         "yunet_direct(0.4)": yunet_direct(0.4),
         "padded_first(0.6,192)": padded_first(0.6, 192),
         "padded_first(0.4,160)": padded_first(0.4, 160),
+        "yunet_direct(0.6)": yunet_direct(0.6),
     }
+
+
+def recognition(vecs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Verification over all pairs and leave-one-out rank-1 of one set of unit vectors."""
+    sim = vecs @ vecs.T
+    same = labels[:, None] == labels[None, :]
+    iu = np.triu_indices(len(vecs), 1)
+    gen, imp = sim[iu][same[iu]], np.sort(sim[iu][~same[iu]])
+    at = imp[int(np.ceil(len(imp) * (1 - 1e-3))) - 1]  # the similarity 0.1% of impostor pairs reach
+    grid = np.sort(np.concatenate([gen, imp]))
+    far = 1 - np.searchsorted(imp, grid, side="left") / len(imp)
+    frr = np.searchsorted(np.sort(gen), grid, side="left") / len(gen)
+    i = int(np.argmin(np.abs(far - frr)))
+    np.fill_diagonal(sim, -np.inf)
+    return {"eer": float((far[i] + frr[i]) / 2), "tar_at_far_1e-3": float(np.mean(gen > at)), "rank1": float(np.mean(labels[np.argmax(sim, axis=1)] == labels))}
 
 
 def main() -> int:
@@ -85,14 +102,17 @@ def main() -> int:
     ap.add_argument("dir", nargs="?", default=str(Path(__file__).resolve().parents[2] / "shared/faces/lfw-dev"))
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25])
+    ap.add_argument("--strategies", nargs="+", help="only these (names as in the table, up to the parenthesis)")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory()
     p = Pipeline.from_settings(Settings(data_dir=tmp.name), batching=False)
-    strats = strategies(p)
+    strats = {k: v for k, v in strategies(p).items() if not args.strategies or k.split("(")[0].split(":")[0] in args.strategies}
     photos = sorted(Path(args.dir).glob("*/*.jpg"))[: args.limit]
     cos: dict[float, list[dict[str, float]]] = {m: [] for m in args.margins}  # per crop: strategy -> cosine
+    vec: dict[float, list[dict[str, np.ndarray]]] = {m: [] for m in args.margins}  # per crop: strategy -> embedding
+    who: list[str] = []
     secs = {m: {k: [] for k in strats} for m in args.margins}
     missed = {m: {k: 0 for k in strats} for m in args.margins}
     for path in photos:
@@ -100,33 +120,44 @@ def main() -> int:
         if face is None:
             continue
         ref = p.embed([p.locate(img).aligned])[0]
+        who.append(path.parent.name)
         for m in args.margins:
             crop, eyes = crop_face(img, face, m)
             crop = decode_image(encode_jpeg(crop, 90))
             cos[m].append({})
+            vec[m].append({})
             for name, fn in strats.items():
                 t0 = time.perf_counter()
                 f, near = fn(crop, eyes)
-                if near is None:
+                if isinstance(f, LocatedFace):
+                    lf = f
+                elif near is None:
                     missed[m][name] += 1
                     continue
-                lf = p._aligned(crop, f, near.keypoints.copy(), "detector")
+                else:
+                    lf = p._aligned(crop, f, near.keypoints.copy(), "detector")
                 secs[m][name].append(time.perf_counter() - t0)
-                cos[m][-1][name] = float(p.embed([lf.aligned])[0] @ ref)
+                vec[m][-1][name] = p.embed([lf.aligned])[0]
+                cos[m][-1][name] = float(vec[m][-1][name] @ ref)
     out = {}
     for m in args.margins:
-        common = [c for c in cos[m] if len(c) == len(strats)]  # crops every strategy located: one set for all
+        both = [i for i, c in enumerate(cos[m]) if len(c) == len(strats)]  # crops every strategy located: one set for all
+        labels = np.array([who[i] for i in both])
         out[str(m)] = {
-            k: {"mean_cosine": float(np.mean([c[k] for c in common])), "n": len(common),
+            k: {"mean_cosine": float(np.mean([cos[m][i][k] for i in both])), "n": len(both),
                 "ms_median": 1000 * float(np.median(secs[m][k])), "no_points": missed[m][k]}
+            | recognition(np.stack([vec[m][i][k] for i in both]), labels)
             for k in strats
         }
     print(f"{len(photos)} photos from {args.dir}")
-    print("| margin | strategy | mean cosine to whole-photo alignment | crops compared | locate ms (median) | crops it located no face in |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| margin | strategy | mean cosine to whole-photo alignment | EER | TAR @ FAR 0.1% | rank-1 | crops compared | locate ms (median) | crops it located no face in |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for m, rows in out.items():
         for k, r in rows.items():
-            print(f"| {m} | {k} | {r['mean_cosine']:.4f} | {r['n']} | {r['ms_median']:.2f} | {r['no_points']} |")
+            print(
+                f"| {m} | {k} | {r['mean_cosine']:.4f} | {r['eer']:.4f} | {r['tar_at_far_1e-3']:.4f} | {r['rank1']:.4f} "
+                f"| {r['n']} | {r['ms_median']:.2f} | {r['no_points']} |"
+            )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=2))
     p.close()

@@ -109,19 +109,24 @@ def test_yunet_alignment_is_the_default(tmp_path, astronaut):
     assert Settings(data_dir=tmp_path).landmarks == "yunet"
 
 
-def test_a_crop_is_located_with_one_blazeface_pass_and_the_same_points(tmp_path, astronaut, astronaut_face):
-    """/predict sends crops: the padded copy is tried first. Same face and points as the two-pass order,
-    and a whole frame sent as a "crop" still finds its small face."""
+def test_a_crop_is_located_by_yunet_alone_unless_it_disagrees_with_the_clients_eyes(tmp_path, astronaut, astronaut_face):
+    """/predict sends crops: YuNet around the whole crop (or, with a wide margin, around the client's eyes)
+    gives the face and its five points in one pass (the same person as the whole-photo alignment); eye
+    points it disagrees with send the crop down the BlazeFace path; a whole frame sent as a "crop"
+    still finds its small face."""
     from facegate.client import crop_face
 
     img, face = np.ascontiguousarray(astronaut), astronaut_face
     p = Pipeline.from_settings(Settings(data_dir=tmp_path))
     try:
-        for margin in (0.0, 0.25):
-            crop = crop_face(img, face, margin)[0]
-            before, after = p.locate(crop), p.locate(crop, crop=True)
-            assert np.allclose(before.box, after.box) and before.score == after.score
-            assert np.array_equal(before.aligned, after.aligned)  # the same alignment points
+        whole = p.embed([p.locate(img).aligned])[0]
+        for margin in (0.0, 0.25, 0.5):
+            crop, eyes = crop_face(img, face, margin)
+            lf = p.locate(crop, eyes, crop=True)
+            assert lf.face.keypoints.shape == (5, 2) and lf.landmarks == "detector"  # YuNet's face, not BlazeFace's (6 points)
+            assert float(p.embed([lf.aligned])[0] @ whole) > 0.8  # 0.90 bare, 0.98 at 25% margin; other people < 0.5
+            wrong = eyes + np.array([0.0, 0.5 * crop.shape[0]])  # eye points on the chin
+            assert p.locate(crop, wrong, crop=True).face.keypoints.shape == (6, 2)
         frame = _wide_frame(astronaut)
         lf = p.locate(frame, crop=True)
         x1, y1, x2, y2 = lf.box

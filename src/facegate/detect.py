@@ -1,7 +1,8 @@
-"""Face detection with BlazeFace (MediaPipe 0.10.21, which ships the short- and full-range models).
+"""Face detection: BlazeFace (MediaPipe 0.10.21, which ships the short- and full-range models) and
+YuNet (OpenCV zoo, run by onnxruntime) for five landmarks and the faces BlazeFace misses.
 
-Returns every face with its box, score and six keypoints in pixels of the input image.
-MediaPipe graphs are not thread-safe, so the detector keeps a small pool of them.
+Returns every face with its box, score and keypoints in pixels of the input image.
+MediaPipe graphs are not thread-safe, so the BlazeFace detector keeps a small pool of them.
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class Face:
         """The same face in another frame: ``p' = p * scale + (dx, dy)``."""
         b = np.asarray(self.box) * scale + np.array([dx, dy, dx, dy])
         return Face(tuple(float(v) for v in b), self.score, self.keypoints * scale + np.array([dx, dy]))
+
+
+def face_around_eyes(eyes: np.ndarray) -> Face:
+    """The box BlazeFace would give for these two eye points, image-left first (lfw-dev medians: the
+    centre 0.58 eye distances below the eyes' midpoint, the side 2.45 eye distances)."""
+    d = float(np.linalg.norm(eyes[1] - eyes[0]))
+    u = (eyes[1] - eyes[0]) / max(d, 1e-6)
+    c = eyes.mean(axis=0) + 0.58 * d * np.array([-u[1], u[0]])
+    r = 1.225 * d
+    return Face((float(c[0] - r), float(c[1] - r), float(c[0] + r), float(c[1] + r)), 1.0, np.zeros((2, 2)))
 
 
 class BlazeFaceDetector:

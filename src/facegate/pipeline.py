@@ -14,7 +14,7 @@ import numpy as np
 from . import align as al
 from .batching import MicroBatcher
 from .config import Settings
-from .detect import BlazeFaceDetector, Face, YuNetDetector, pick_main_face
+from .detect import BlazeFaceDetector, Face, YuNetDetector, face_around_eyes, pick_main_face
 from .embed import Embedder, FlipTTA, load_embedder
 from .errors import NoFaceError, PoorQualityError, ReembedError
 from .gallery import Gallery, NewFace, Person, clean_name
@@ -32,6 +32,10 @@ LANE_FROM = 3
 
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
+#: A client's face crop is located by YuNet alone, run around the whole crop with this much context on
+#: each side: it recognizes as well as BlazeFace and then YuNet near BlazeFace's box, in half the time
+#: (``bench/crop_locate.py``, README "How a face crop is aligned").
+CROP_CONTEXT = 0.4
 #: The decision given to a face too poor to name: nobody, similarity 0 (the answer's status is "retry").
 RETRY = Decision(None, None, 0.0, 0, 0)
 
@@ -211,19 +215,42 @@ class Pipeline:
             face = pick_main_face([f.shifted(-p, -p) for f in self.yunet.detect(padded)], image.shape)
         return face
 
+    def _crop_face(self, image: np.ndarray, eyes: np.ndarray | None) -> Face | None:
+        """YuNet's face (with its five points) around a whole face crop, else around the box the client's
+        eyes imply (a crop with a wide margin), if it agrees with those eyes; None sends the crop down
+        the BlazeFace path."""
+        if self.settings.landmarks != "yunet" or self.yunet is None:
+            return None
+        h, w = image.shape[:2]
+        windows = [(Face((0.0, 0.0, float(w), float(h)), 1.0, np.zeros((5, 2))), CROP_CONTEXT)]
+        if eyes is not None:
+            windows.append((face_around_eyes(eyes), 0.6))
+        for box, context in windows:
+            face = self.yunet.landmarks_near(image, box, context=context)  # None unless it fills much of the window
+            if face is not None and (eyes is None or _eyes_agree(face.eyes, eyes)):
+                return face
+        return None
+
     def locate(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> LocatedFace:
         """The one face an image (a photo or a client's face crop) is about, aligned.
+
+        ``crop``: the image is expected to be a face crop (``/predict``): YuNet around the whole crop
+        first (one network pass for the face and its five points), or around the client's eyes; what
+        follows runs when neither finds a face, or one that disagrees with the client's eyes.
 
         BlazeFace's keypoints are poor on a face that fills the frame, so a face covering most of
         the image is detected again on a padded copy; with none found, the fallback detector tries.
         The alignment points are YuNet's five around the face (``landmarks = "yunet"``), else
         BlazeFace's four; BlazeFace's eyes are replaced by the client's when the two agree (they came
         from BlazeFace on the whole frame, with more context). With no face found, the client's eyes
-        alone align the crop. ``crop``: the image is expected to be a face crop (``/predict``), so the
-        padded copy is tried first and the plain detection only when that finds no crop-filling face:
-        one BlazeFace pass instead of two for the same face (``bench/crop_locate.py``).
+        alone align the crop. For a crop, the padded copy is tried first and the plain detection only
+        when that finds no crop-filling face: one BlazeFace pass instead of two for the same face.
         Measured on lfw-dev crops: see README, "How a face crop is aligned".
         """
+        if crop:
+            face = self._crop_face(image, eyes)
+            if face is not None:
+                return self._aligned(image, face, face.keypoints.copy(), "detector")
         h, w = image.shape[:2]
 
         def crop_like(f: Face) -> bool:

@@ -2,8 +2,9 @@
 
 A few inference threads (``workers``, one per core the model may use) take requests from one
 queue. Requests that arrive while they are busy are embedded together in the next free thread's
-call (up to ``max_batch`` faces), so under load the model runs near its best batch size on every
-core, and an idle server never waits: a lone request is run at once.
+call (up to ``max_batch`` faces), so under load every core runs the model, and an idle server never
+waits: a lone request is run at once. A call made while another thread's call runs, or with more
+requests still queued, goes to ``lane_fn`` (the model on one core) rather than ``fn`` (all cores).
 """
 
 from __future__ import annotations
@@ -50,13 +51,17 @@ class MicroBatcher:
         max_wait_s: float = 0.0,
         on_batch: BatchHook | None = None,
         workers: int = 1,
+        lane_fn: EmbedFn | None = None,
     ) -> None:
         self.fn = fn
+        self.lane_fn = lane_fn or fn
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self.workers = workers
+        self._busy = 0  # model calls running now
+        self._busy_lock = threading.Lock()
         self._threads = [threading.Thread(target=self._loop, name=f"facegate-embed-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
@@ -122,14 +127,20 @@ class MicroBatcher:
             if not live:
                 continue
             sizes = [len(j.crops) for j in live]
+            with self._busy_lock:
+                fn = self.fn if self._busy == 0 and self._queue.empty() else self.lane_fn  # alone: all the cores
+                self._busy += 1
             t0 = time.perf_counter()
             try:
-                vecs, norms = self.fn(np.concatenate([j.crops for j in live]))
+                vecs, norms = fn(np.concatenate([j.crops for j in live]))
             except Exception as exc:  # hand the failure to every waiting request, keep serving
                 log.exception("embedding batch failed")
                 for j in live:
                     j.future.set_exception(exc)
                 continue
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
             took = time.perf_counter() - t0
             start = 0
             for j, n in zip(live, sizes):

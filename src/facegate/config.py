@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     max_name_length: int = Field(128, ge=1, le=1024)
     inference_threads: int = Field(2, ge=1, le=64, description="Model threads: calls side by side under load (one core each); a lone request uses them all.")
     worker_threads: int = Field(8, ge=1, le=256, description="Threads decoding, detecting and searching for requests.")
-    max_batch: int = Field(8, ge=1, le=256, description="Faces embedded together at most (x2 with flip TTA).")
+    max_batch: int = Field(
+        1, ge=1, le=256, description="Requests' faces embedded in one model call at most (x2 with flip TTA); 1: each call one request."
+    )
     batch_wait_ms: float = Field(0.0, ge=0.0, le=100.0, description="Extra wait to fill a batch; 0 takes what queued.")
     embed_queue: int = Field(64, ge=1, description="Requests waiting for the model at most; beyond, 503.")
     max_pending: int = Field(64, ge=1, description="Requests in progress at most; beyond, 503 at once.")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -137,13 +136,12 @@ class OnnxEmbedder:
         std: float = 1.0,
         threads: int = 2,
         family: str = "",
-        lane_from: int = 0,
+        lane: bool = False,
     ) -> None:
-        """``lane_from``: 0 for one session (the CLI: calls one after another, each on ``threads``
-        cores). Above 0, a second, single-threaded session of the same model (a *lane*) takes every
-        batch of at least ``lane_from`` faces and every call made while another is running, so the
-        server's model threads each run a batch on one core side by side; a lone small call on an
-        idle server still gets all ``threads`` cores (and onnxruntime's spin-waiting workers).
+        """``lane``: also hold a single-threaded session of the same model (a *lane*) for calls made
+        with ``lane=True``: a server's model threads each run their batch on one core, side by side,
+        while a lone call on an idle server gets all ``threads`` cores (and onnxruntime's spin-waiting
+        workers). Without it (the CLI: calls one after another) there is one session.
 
         Why (README, "Many requests at once"): two single-threaded calls side by side embed more
         faces per second than one call on two threads (no barrier after each operator), and a lane
@@ -160,10 +158,7 @@ class OnnxEmbedder:
             return ort.InferenceSession(model_bytes, sess_options=opts, providers=["CPUExecutionProvider"])
 
         self._session = session(threads)
-        self._lane = session(1) if lane_from > 0 else None
-        self.lane_from = lane_from
-        self._lock = threading.Lock()
-        self._running = 0
+        self._lane = session(1) if lane else None
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]
         self.name = name
@@ -189,28 +184,17 @@ class OnnxEmbedder:
             x = (x - self.mean) / self.std
         return np.ascontiguousarray(x)
 
-    def raw(self, aligned: np.ndarray) -> np.ndarray:
-        """Unnormalised features. Their norm is a face-quality signal for AdaFace (low for poor faces)."""
+    def raw(self, aligned: np.ndarray, *, lane: bool = False) -> np.ndarray:
+        """Unnormalised features. Their norm is a face-quality signal for AdaFace (low for poor faces).
+        ``lane``: on the single-threaded session, if this embedder has one."""
         x = self.preprocess(aligned)
         if len(x) == 0:
             return np.zeros((0, self.dim), np.float32)
-        out = dict(zip(self._outputs, self._run(x)))
+        session = self._lane if lane and self._lane is not None else self._session
+        out = dict(zip(self._outputs, session.run(None, {self._input: x})))
         if "embedding" in out and "norm" in out:  # AdaFace exports: unit vector and its norm
             return (out["embedding"] * out["norm"]).astype(np.float32)
         return out[self._outputs[0]]
-
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        if self._lane is None:
-            return self._session.run(None, {self._input: x})
-        with self._lock:
-            alone = self._running == 0
-            self._running += 1
-        try:
-            session = self._session if alone and len(x) < self.lane_from else self._lane
-            return session.run(None, {self._input: x})
-        finally:
-            with self._lock:
-                self._running -= 1
 
     def embed_with_norm(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         r = self.raw(aligned)
@@ -246,15 +230,16 @@ class FlipTTA:
     def model_id(self) -> str:
         return f"{self.base.model_id}/tta-{self.mode}"
 
-    def embed_with_norm(self, aligned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Unit vectors, and the feature norm of each (unflipped) face: a quality signal."""
+    def embed_with_norm(self, aligned: np.ndarray, *, lane: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Unit vectors, and the feature norm of each (unflipped) face: a quality signal.
+        ``lane``: on the model's single-threaded session (``OnnxEmbedder``)."""
         a = _check_batch(aligned, self.input_size)
         if len(a) == 0:
             return np.zeros((0, self.dim), np.float32), np.zeros((0,), np.float32)
         if self.mode == "none":
-            r = self.base.raw(a)
+            r = self.base.raw(a, lane=lane)
         else:
-            both = self.base.raw(np.concatenate([a, a[:, :, ::-1]]))
+            both = self.base.raw(np.concatenate([a, a[:, :, ::-1]]), lane=lane)
             r, rf = both[: len(a)], both[len(a) :]
         norms = np.linalg.norm(r, axis=1).astype(np.float32)
         if self.mode == "none":
@@ -328,7 +313,7 @@ def imported_models(models_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, lane_from: int = 0) -> OnnxEmbedder:
+def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, lane: bool = False) -> OnnxEmbedder:
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
     spec = BUNDLED.get(name)
     if spec is not None:
@@ -342,7 +327,7 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             std=spec.std,
             threads=threads,
             family=spec.name,
-            lane_from=lane_from,
+            lane=lane,
         )
     cards = imported_models(models_dir)
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
@@ -369,5 +354,5 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
         std=float(pre.get("std", 127.5)),
         threads=threads,
         family=card.get("family", ""),
-        lane_from=lane_from,
+        lane=lane,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
@@ -25,10 +26,6 @@ from .rank import Decision, rank
 
 #: JPEG quality of stored crops: re-embedding one gives a vector within cosine 0.996 of the original's.
 CROP_QUALITY = 95
-
-#: Server model calls of this many faces or more (more than one request's face and mirror: a busy server)
-#: run single-threaded, side by side with the other model threads (``OnnxEmbedder``'s ``lane_from``).
-LANE_FROM = 3
 
 #: A face wider or taller than this share of the image is treated as a crop (re-detected with padding).
 CROP_LIKE = 0.5
@@ -151,7 +148,7 @@ class Pipeline:
         if batching:
             limit_library_threads()
         embedder = FlipTTA(
-            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane_from=LANE_FROM if batching else 0),
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane=batching),
             settings.tta,
         )
         detector = BlazeFaceDetector(
@@ -168,6 +165,7 @@ class Pipeline:
         batcher = (
             MicroBatcher(
                 embedder.embed_with_norm,
+                lane_fn=partial(embedder.embed_with_norm, lane=True),
                 max_batch=settings.max_batch,
                 max_queue=settings.embed_queue,
                 max_wait_s=settings.batch_wait_ms / 1000.0,

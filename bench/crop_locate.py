@@ -9,7 +9,7 @@ embeddings of all the crops are also scored as a recognizer, on their own: every
 labelled people, genuine (same person) or not: equal error rate, true accept rate at 0.1% false
 accepts, and rank-1 (each crop against all the others). Times are the locate step alone, one thread.
 
-    python bench/crop_locate.py [DIR] [--limit 300] [--json out.json]
+    python bench/crop_locate.py [DIR] [--limit 300] [--margins 0 0.25] [--strategies served padded_first] [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 from facegate.client import crop_face, encode_jpeg
 from facegate.config import Settings
 from facegate.detect import Face, face_around_eyes, pick_main_face
-from facegate.imageio import decode_image
 from facegate.errors import NoFaceError
+from facegate.imageio import decode_image
 from facegate.pipeline import CROP_LIKE, LocatedFace, Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

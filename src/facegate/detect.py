@@ -149,9 +149,10 @@ class YuNetDetector:
     STRIDES = (8, 16, 32)
 
     def __init__(self, threshold: float = 0.6, max_side: int = 640, nms_threshold: float = 0.3, top_k: int = 50) -> None:
+        from importlib import resources
+
         import onnx
         import onnxruntime as ort
-        from importlib import resources
 
         model = onnx.load(str(resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1])))
         for v in model.graph.input:  # exported at 640x640; its graph works at any multiple of 32
@@ -179,8 +180,7 @@ class YuNetDetector:
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :ih, :iw] = img[..., ::-1].transpose(2, 0, 1)  # BGR, raw 0..255
         out = dict(zip(self._outputs, self._session.run(self._outputs, {"input": blob})))
-        rows = [self._decode(out, s, ph // s, pw // s) for s in self.STRIDES]
-        dets = np.concatenate(rows) if rows else np.zeros((0, 15), np.float32)
+        dets = np.concatenate([self._decode(out, s, ph // s, pw // s) for s in self.STRIDES])
         if len(dets) > 1:  # OpenCV's NMS on integer boxes, as FaceDetectorYN does
             boxes = [tuple(int(v) for v in d[:4]) for d in dets]
             keep = cv2.dnn.NMSBoxes(boxes, dets[:, 14].tolist(), self.threshold, self.nms_threshold, top_k=self.top_k)

@@ -64,7 +64,7 @@ class LocatedFace:
 
     face: Face | None
     aligned: np.ndarray
-    #: "detector": BlazeFace on the server; "eyes": only the two eye points the client sent.
+    #: "detector": a detector on the server (YuNet, BlazeFace); "eyes": only the two eye points the client sent.
     landmarks: str
     #: Measured signals of the aligned face (``facegate.quality``).
     quality: Quality | None = None

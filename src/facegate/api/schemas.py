@@ -73,7 +73,7 @@ class PredictResponse(BaseModel):
     )
     person_id: int | None
     threshold: float
-    landmarks: Literal["detector", "eyes"] = Field(..., description="What aligned the face: server-side BlazeFace or the client's eye points.")
+    landmarks: Literal["detector", "eyes"] = Field(..., description="What aligned the face: a detector on the server (YuNet's five points, or BlazeFace's) or the client's eye points alone.")
     quality: QualityOut | None = Field(None, description="Added field: the face's quality signals.")
 
 

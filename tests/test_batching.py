@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -107,48 +108,68 @@ def test_close_stops_every_thread():
 
 
 def test_several_model_threads_run_batches_side_by_side():
-    """Two workers, two requests at once: both run together (0.2 s each), not one after the other."""
-    running, peak = [0], [0]
+    """Two workers, two requests at once: each call waits at a barrier the other must reach too."""
+    meet = threading.Barrier(2, timeout=5)  # broken (and both requests failed) unless the two calls overlap
 
     def fn(x):
-        running[0] += 1
-        peak[0] = max(peak[0], running[0])
-        try:
-            return _slow(x)
-        finally:
-            running[0] -= 1
+        meet.wait()
+        return _slow(x)
 
     b = MicroBatcher(fn, max_batch=1, workers=2)
     try:
-        t0 = time.monotonic()
         futures = [b.submit(crops(1, i)) for i in range(2)]
-        for f in futures:
-            f.result(timeout=5)
-        assert peak[0] == 2 and time.monotonic() - t0 < 0.35
+        assert all(f.result(timeout=10)[0].shape == (1, 4) for f in futures)
     finally:
         b.close()
 
 
+class _Gated:
+    """Model functions that record where each call ran and hold it until the gate opens."""
+
+    def __init__(self) -> None:
+        self.used: list[str] = []
+        self.gate = threading.Event()
+        self.entered = threading.Semaphore(0)
+
+    def fn(self, name: str):
+        def run(x):
+            self.used.append(name)
+            self.entered.release()
+            assert self.gate.wait(5)
+            return np.zeros((len(x), 4), np.float32), np.ones(len(x), np.float32)
+
+        return run
+
+    def running(self) -> None:
+        """Wait until one more call has entered the model."""
+        assert self.entered.acquire(timeout=5)
+
+
 def test_a_call_alone_gets_all_the_cores_and_calls_beside_others_a_lane():
     """``fn`` (the model on every core) only when no other call runs and nothing else waits; else ``lane_fn``."""
-    used: list[str] = []
-
-    def record(name):
-        def fn(x):
-            used.append(name)
-            return _slow(x)
-
-        return fn
-
-    b = MicroBatcher(record("all"), lane_fn=record("lane"), max_batch=1, workers=2)
+    g = _Gated()
+    b = MicroBatcher(g.fn("all"), lane_fn=g.fn("lane"), max_batch=1, workers=2)
     try:
-        b.submit(crops(1, 0)).result(timeout=5)  # an idle server
-        second = b.submit(crops(1, 1))  # alone when taken...
-        time.sleep(0.05)
-        rest = [b.submit(crops(1, i)) for i in (2, 3)]  # ...then one beside it, and one queued behind both
-        for f in [second, *rest]:
+        first = b.submit(crops(1, 0))  # an idle server
+        g.running()
+        beside = b.submit(crops(1, 1))  # taken by the other thread while the first call runs
+        g.running()
+        g.gate.set()
+        for f in (first, beside):
             f.result(timeout=5)
-        assert used == ["all", "all", "lane", "lane"]
+        assert g.used == ["all", "lane"]
+    finally:
+        b.close()
+    g = _Gated()
+    b = MicroBatcher(g.fn("all"), lane_fn=g.fn("lane"), max_batch=1, workers=1)
+    try:
+        futures = [b.submit(crops(1, 0))]
+        g.running()
+        futures += [b.submit(crops(1, i)) for i in (1, 2)]  # queued behind it
+        g.gate.set()
+        for f in futures:
+            f.result(timeout=5)
+        assert g.used == ["all", "lane", "all"]  # the second still had one queued behind it; the third none
     finally:
         b.close()
 

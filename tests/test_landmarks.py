@@ -7,16 +7,14 @@ import numpy as np
 import pytest
 
 from facegate.config import Settings
-from facegate.detect import YuNetDetector
+from facegate.detect import YuNetDetector, yunet_model_path
 from facegate.errors import NoFaceError
 from facegate.pipeline import Pipeline
 
 
 @pytest.fixture(scope="module")
 def yunet():
-    d = YuNetDetector()
-    yield d
-    d.close()
+    return YuNetDetector()
 
 
 def test_yunet_points_follow_the_arcface_template_order(yunet, astronaut):
@@ -31,12 +29,7 @@ def test_yunet_points_follow_the_arcface_template_order(yunet, astronaut):
 
 def _opencv_yunet(rgb: np.ndarray) -> np.ndarray:
     """OpenCV's own YuNet wrapper on the same model file: (N, 15) rows, best first."""
-    from importlib import resources
-
-    from facegate.detect import YUNET_RESOURCE
-
-    path = str(resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1]))
-    g = cv2.FaceDetectorYN.create(path, "", (rgb.shape[1], rgb.shape[0]), 0.6, 0.3, 50)
+    g = cv2.FaceDetectorYN.create(yunet_model_path(), "", (rgb.shape[1], rgb.shape[0]), 0.6, 0.3, 50)
     _, dets = g.detect(np.ascontiguousarray(rgb[..., ::-1]))
     dets = np.zeros((0, 15), np.float32) if dets is None else dets
     return dets[np.argsort(-dets[:, 14])]

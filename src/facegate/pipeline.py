@@ -181,8 +181,6 @@ class Pipeline:
             self.batcher.close()
         self.gallery.close()
         self.detector.close()
-        if self.yunet is not None:
-            self.yunet.close()
 
     # ------------------------------------------------------------------ faces
     def _points(self, image: np.ndarray, face: Face) -> np.ndarray:

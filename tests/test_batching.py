@@ -174,6 +174,41 @@ def test_a_call_alone_gets_all_the_cores_and_calls_beside_others_a_lane():
         b.close()
 
 
+def test_a_lone_call_on_an_idle_batcher_runs_in_the_callers_own_thread():
+    """The idle path hands nothing to an inference thread (two thread wake-ups less)."""
+    where: list[str] = []
+
+    def fn(x):
+        where.append(threading.current_thread().name)
+        return np.zeros((len(x), 4), np.float32), np.ones(len(x), np.float32)
+
+    seen: list[tuple[int, int]] = []
+    b = MicroBatcher(fn, lane_fn=lambda x: pytest.fail("a lone call ran on a lane"), workers=2, on_batch=lambda f, r, s: seen.append((f, r)))
+    try:
+        assert b(crops(2, 0))[0].shape == (2, 4)
+        assert where == [threading.current_thread().name] and seen == [(2, 1)]
+    finally:
+        b.close()
+
+
+def test_a_callers_own_call_holds_a_model_slot():
+    """At most ``workers`` model calls at once, counting a call run in its caller's thread."""
+    g = _Gated()
+    b = MicroBatcher(g.fn("all"), lane_fn=g.fn("lane"), max_batch=1, workers=1)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            inline = pool.submit(b, crops(1, 0))  # idle: runs in the pool's thread
+            g.running()
+            queued = b.submit(crops(1, 1))  # the inference thread takes it, then waits for the slot
+            assert not g.entered.acquire(timeout=0.3), "a second model call ran beside the first with one worker"
+            g.gate.set()
+            inline.result(timeout=5)
+            queued.result(timeout=5)
+        assert g.used == ["all", "all"]  # each ran alone
+    finally:
+        b.close()
+
+
 def test_admission_counts_the_model_threads():
     """The queue a request joins drains at (model threads / seconds per request of one thread)."""
     from facegate.api.deps import Worker

@@ -68,6 +68,29 @@ def test_landmarks_near_a_blazeface_box(yunet, detector, astronaut):
     assert np.abs(near.keypoints[:2] - whole.keypoints[:2]).max() < 4.0
 
 
+def test_face_filling_a_crop_maps_its_points_back_to_the_crop(yunet, detector, astronaut):
+    """YuNet on a scaled, padded face crop: its points in the crop's pixels, for square and oblong crops
+    and a crop smaller than the window (scaled up), as YuNet puts them on the whole photo."""
+    img = np.ascontiguousarray(astronaut)
+    whole = yunet.landmarks_near(img, detector.detect(img)[0])
+    x1, y1, x2, y2 = (int(v) for v in detector.detect(img)[0].box)
+    iod = float(np.linalg.norm(whole.keypoints[1] - whole.keypoints[0]))
+    crops = {
+        "bare box": (y1, y2, x1, x2),
+        "25% margin": (y1 - 25, y2 + 25, x1 - 25, x2 + 25),
+        "oblong, more room below": (y1 - 10, y2 + 60, x1 - 5, x2 + 5),
+    }
+    for name, (top, bottom, left, right) in crops.items():
+        crop = np.ascontiguousarray(img[max(0, top) : bottom, max(0, left) : right])
+        for scale in (1.0, 0.5):  # 0.5: a 60-px crop, scaled up to the window
+            small = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale != 1 else crop
+            face = yunet.face_filling(small)
+            assert face is not None, name
+            expected = (whole.keypoints - [max(0, left), max(0, top)]) * scale
+            assert np.abs(face.keypoints - expected).max() < 0.12 * iod * scale + 1, (name, scale)
+    assert yunet.face_filling(np.full((120, 100, 3), 128, np.uint8)) is None
+
+
 def _wide_frame(astronaut: np.ndarray) -> np.ndarray:
     """The astronaut at 0.6x in a grey 1280x720 frame: a ~55 px face, as a camera sees someone a few metres away."""
     small = cv2.resize(np.ascontiguousarray(astronaut), None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)

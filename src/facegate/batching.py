@@ -2,9 +2,11 @@
 
 A few inference threads (``workers``, one per core the model may use) take requests from one
 queue. Requests that arrive while they are busy are embedded together in the next free thread's
-call (up to ``max_batch`` faces), so under load every core runs the model, and an idle server never
-waits: a lone request is run at once. A call made while another thread's call runs, or with more
-requests still queued, goes to ``lane_fn`` (the model on one core) rather than ``fn`` (all cores).
+call (up to ``max_batch`` faces), so under load every core runs the model. A lone request on an
+idle server is run at once, in the caller's own thread (no hand-off to an inference thread and
+back: two thread wake-ups less on the idle path). A call made while another call runs, or with more
+requests still queued, goes to ``lane_fn`` (the model on one core) rather than ``fn`` (all cores);
+at most ``workers`` calls run at once.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
         self.workers = workers
-        self._busy = 0  # model calls running now
-        self._busy_lock = threading.Lock()
+        self._busy = 0  # model calls running now, at most ``workers``
+        self._slots = threading.Condition()
         self._threads = [threading.Thread(target=self._loop, name=f"facegate-embed-{i}", daemon=True) for i in range(workers)]
         for t in self._threads:
             t.start()
@@ -80,6 +82,13 @@ class MicroBatcher:
 
     def __call__(self, crops: np.ndarray, timeout_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
         """Embed and wait, at most ``timeout_s`` seconds in all."""
+        crops = np.asarray(crops)
+        with self._slots:
+            alone = self._busy == 0 and self._queue.empty()
+            if alone:
+                self._busy += 1
+        if alone:
+            return self._run(self.fn, crops, 1)
         fut = self.submit(crops, timeout_s)
         try:
             return fut.result(timeout=timeout_s + 1.0)
@@ -127,24 +136,32 @@ class MicroBatcher:
             if not live:
                 continue
             sizes = [len(j.crops) for j in live]
-            with self._busy_lock:
+            with self._slots:
+                while self._busy >= self.workers:  # a caller's own call (idle path) holds a slot
+                    self._slots.wait()
                 fn = self.fn if self._busy == 0 and self._queue.empty() else self.lane_fn  # alone: all the cores
                 self._busy += 1
-            t0 = time.perf_counter()
             try:
-                vecs, norms = fn(np.concatenate([j.crops for j in live]))
+                vecs, norms = self._run(fn, np.concatenate([j.crops for j in live]), len(live))
             except Exception as exc:  # hand the failure to every waiting request, keep serving
                 log.exception("embedding batch failed")
                 for j in live:
                     j.future.set_exception(exc)
                 continue
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
-            took = time.perf_counter() - t0
             start = 0
             for j, n in zip(live, sizes):
                 j.future.set_result((vecs[start : start + n], norms[start : start + n]))
                 start += n
-            if self.on_batch:
-                self.on_batch(sum(sizes), len(live), took)
+
+    def _run(self, fn: EmbedFn, crops: np.ndarray, requests: int) -> tuple[np.ndarray, np.ndarray]:
+        """One model call on a slot already taken (``_busy``), which it gives back."""
+        t0 = time.perf_counter()
+        try:
+            out = fn(crops)
+        finally:
+            with self._slots:
+                self._busy -= 1
+                self._slots.notify()
+        if self.on_batch:
+            self.on_batch(len(crops), requests, time.perf_counter() - t0)
+        return out

@@ -32,6 +32,11 @@ def b64_to_bytes(text: str, *, field: str = "image") -> bytes:
     """Strict base64 (standard or URL-safe alphabet), optionally behind a ``data:image/...;base64,`` prefix."""
     if not isinstance(text, str):
         raise InvalidImageError(f"{field}: expected a base64 string", field=field)
+    if text:  # plain standard base64, as the reference clients send it: decoded as it is (5x faster)
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass  # a data URL, whitespace, the URL-safe alphabet or missing padding: normalised below
     body = _WS.sub("", _DATA_URL.sub("", text.strip(), count=1))
     if not body:
         raise InvalidImageError(f"{field}: empty image data", field=field)

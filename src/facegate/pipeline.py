@@ -217,12 +217,11 @@ class Pipeline:
         the BlazeFace path."""
         if self.settings.landmarks != "yunet" or self.yunet is None:
             return None
-        h, w = image.shape[:2]
-        windows = [(Face((0.0, 0.0, float(w), float(h)), 1.0, np.zeros((5, 2))), CROP_CONTEXT)]
-        if eyes is not None:
-            windows.append((face_around_eyes(eyes), 0.6))
-        for box, context in windows:
-            face = self.yunet.landmarks_near(image, box, context=context)  # None unless it fills much of the window
+        tries = [lambda: self.yunet.face_filling(image, CROP_CONTEXT)]
+        if eyes is not None:  # None unless a face fills much of the window
+            tries.append(lambda: self.yunet.landmarks_near(image, face_around_eyes(eyes), context=0.6))
+        for find in tries:
+            face = find()
             if face is not None and (eyes is None or _eyes_agree(face.eyes, eyes)):
                 return face
         return None

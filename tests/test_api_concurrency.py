@@ -95,3 +95,23 @@ def test_two_worker_processes_share_the_gallery(start_server, astronaut_payloads
             with httpx.Client(base_url=s.url, timeout=60) as c:
                 assert c.post("/predict", json=predict).json()["user_name"] == "unknown"
     assert len(pids - {None}) == 2, f"requests reached workers {pids}"
+
+
+def test_no_route_runs_a_dependency_in_the_thread_pool():
+    """FastAPI runs a plain ``def`` dependency in its thread pool: two thread hand-offs per request
+    on the cores the model needs. Every dependency of every route is ``async``."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    from facegate.api import admin, legacy, v1
+
+    def calls(dependant):
+        for d in dependant.dependencies:
+            yield d.call
+            yield from calls(d)
+
+    routes = [r for router in (legacy.router, v1.router, v1.health_router, admin.router) for r in router.routes if isinstance(r, APIRoute)]
+    found = [(r.path, c.__name__, inspect.iscoroutinefunction(c)) for r in routes for c in calls(r.dependant)]
+    assert {("/predict", "get_pipeline"), ("/predict", "get_worker")} <= {(p, n) for p, n, _ in found}
+    assert not [(p, n) for p, n, is_async in found if not is_async], "dependencies run in the thread pool"

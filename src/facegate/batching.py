@@ -81,7 +81,8 @@ class MicroBatcher:
         return job.future
 
     def __call__(self, crops: np.ndarray, timeout_s: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
-        """Embed and wait, at most ``timeout_s`` seconds in all."""
+        """Embed and wait, at most ``timeout_s`` seconds in all (a call run at once, on an idle
+        batcher, has no queue to wait in and runs to its end)."""
         crops = np.asarray(crops)
         with self._slots:
             alone = self._busy == 0 and self._queue.empty()

@@ -54,8 +54,7 @@ class Face:
 
     def shifted(self, dx: float, dy: float, scale: float = 1.0) -> Face:
         """The same face in another frame: ``p' = p * scale + (dx, dy)``."""
-        b = np.asarray(self.box) * scale + np.array([dx, dy, dx, dy])
-        return Face(tuple(float(v) for v in b), self.score, self.keypoints * scale + np.array([dx, dy]))
+        return self.scaled(scale, scale, dx, dy)
 
 
 def face_around_eyes(eyes: np.ndarray) -> Face:
@@ -233,7 +232,7 @@ class YuNetDetector:
         s = side / (max(h, w) + 2 * m)
         pw, ph = max(1, round(w * s)), max(1, round(h * s))
         small = cv2.resize(rgb, (pw, ph), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        ox, oy = round(m * s), round(m * s)
+        ox = oy = round(m * s)
         window = cv2.copyMakeBorder(
             small, oy, max(0, round((h + 2 * m) * s) - oy - ph), ox, max(0, round((w + 2 * m) * s) - ox - pw),
             cv2.BORDER_CONSTANT, value=(0, 0, 0),

@@ -72,8 +72,9 @@ def test_face_filling_a_crop_maps_its_points_back_to_the_crop(yunet, detector, a
     """YuNet on a scaled, padded face crop: its points in the crop's pixels, for square and oblong crops
     and a crop smaller than the window (scaled up), as YuNet puts them on the whole photo."""
     img = np.ascontiguousarray(astronaut)
-    whole = yunet.landmarks_near(img, detector.detect(img)[0])
-    x1, y1, x2, y2 = (int(v) for v in detector.detect(img)[0].box)
+    blaze = detector.detect(img)[0]
+    whole = yunet.landmarks_near(img, blaze)
+    x1, y1, x2, y2 = (int(v) for v in blaze.box)
     iod = float(np.linalg.norm(whole.keypoints[1] - whole.keypoints[0]))
     crops = {
         "bare box": (y1, y2, x1, x2),

@@ -28,6 +28,7 @@ from facegate.config import Settings
 from facegate.detect import Face, face_around_eyes, pick_main_face
 from facegate.errors import NoFaceError
 from facegate.imageio import decode_image
+from facegate.metrics import eer, pair_scores, tar_at_far
 from facegate.pipeline import CROP_LIKE, LocatedFace, Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,18 +84,11 @@ def strategies(p: Pipeline) -> dict:
 
 
 def recognition(vecs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Verification over all pairs and leave-one-out rank-1 of one set of unit vectors."""
+    """Verification over all pairs (``facegate.metrics``, as ``facegate eval``) and leave-one-out rank-1 of one set of unit vectors."""
+    gen, imp = pair_scores(vecs, list(labels))
     sim = vecs @ vecs.T
-    same = labels[:, None] == labels[None, :]
-    iu = np.triu_indices(len(vecs), 1)
-    gen, imp = sim[iu][same[iu]], np.sort(sim[iu][~same[iu]])
-    at = imp[int(np.ceil(len(imp) * (1 - 1e-3))) - 1]  # the similarity 0.1% of impostor pairs reach
-    grid = np.sort(np.concatenate([gen, imp]))
-    far = 1 - np.searchsorted(imp, grid, side="left") / len(imp)
-    frr = np.searchsorted(np.sort(gen), grid, side="left") / len(gen)
-    i = int(np.argmin(np.abs(far - frr)))
     np.fill_diagonal(sim, -np.inf)
-    return {"eer": float((far[i] + frr[i]) / 2), "tar_at_far_1e-3": float(np.mean(gen > at)), "rank1": float(np.mean(labels[np.argmax(sim, axis=1)] == labels))}
+    return {"eer": eer(gen, imp)[0], "tar_at_far_1e-3": tar_at_far(gen, imp, 1e-3)[0], "rank1": float(np.mean(labels[np.argmax(sim, axis=1)] == labels))}
 
 
 def main() -> int:

@@ -238,10 +238,7 @@ class YuNetDetector:
             cv2.BORDER_CONSTANT, value=(0, 0, 0),
         )
         ax, ay = pw / w, ph / h
-        whole = (0.0, 0.0, float(w), float(h))
-        found = [f.scaled(1 / ax, 1 / ay, -ox / ax, -oy / ay) for f in self.detect(window)]
-        best = max(found, key=lambda f: _iou(f.box, whole), default=None)
-        return best if best is not None and _iou(best.box, whole) >= 0.3 else None
+        return _overlapping([f.scaled(1 / ax, 1 / ay, -ox / ax, -oy / ay) for f in self.detect(window)], (0.0, 0.0, float(w), float(h)))
 
     def landmarks_near(self, rgb: np.ndarray, face: Face, context: float = 0.6, side: int = 192) -> Face | None:
         """YuNet's face for a face another detector found: run on a padded crop around its box, scaled to ``side``.
@@ -260,9 +257,13 @@ class YuNetDetector:
         crop[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = rgb[sy1:sy2, sx1:sx2]
         s = side / max(crop.shape[:2])
         crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        found = [f.shifted(0, 0, 1 / s).shifted(left, top) for f in self.detect(crop)]
-        best = max(found, key=lambda f: _iou(f.box, face.box), default=None)
-        return best if best is not None and _iou(best.box, face.box) >= 0.3 else None
+        return _overlapping([f.shifted(left, top, 1 / s) for f in self.detect(crop)], face.box)
+
+
+def _overlapping(found: list[Face], box: tuple[float, ...], min_iou: float = 0.3) -> Face | None:
+    """The face of ``found`` that overlaps ``box`` most, if it overlaps it at least ``min_iou``."""
+    best = max(found, key=lambda f: _iou(f.box, box), default=None)
+    return best if best is not None and _iou(best.box, box) >= min_iou else None
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:

@@ -221,14 +221,17 @@ def test_admission_counts_the_model_threads():
 
 
 def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_model_in_lanes(tmp_path):
-    """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded;
+    """The server's thread settings (README, "Many requests at once"): BLAS and OpenCV single-threaded,
+    the interpreter's short switch interval;
     the model on all its threads for a call alone, on a single-threaded lane beside other calls, one
     model thread per lane, the same vectors either way; a CLI pipeline has the one session."""
+    import sys
+
     import cv2
     from threadpoolctl import threadpool_info
 
     from facegate.config import Settings
-    from facegate.pipeline import Pipeline
+    from facegate.pipeline import SERVER_SWITCH_INTERVAL_S, Pipeline
 
     cli = Pipeline.from_settings(Settings(data_dir=tmp_path / "cli"))
     try:
@@ -250,5 +253,7 @@ def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_mod
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]
         assert blas and all(p["num_threads"] == 1 for p in blas)
         assert cv2.getNumThreads() == 1
+        assert sys.getswitchinterval() == pytest.approx(SERVER_SWITCH_INTERVAL_S) and SERVER_SWITCH_INTERVAL_S < 0.005
     finally:
         server.close()
+        sys.setswitchinterval(0.005)

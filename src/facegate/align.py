@@ -29,32 +29,30 @@ ARCFACE_4 = np.vstack([ARCFACE_5[:3], ARCFACE_5[3:].mean(axis=0)])
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Least-squares similarity transform (rotation, uniform scale, translation) mapping ``src`` onto ``dst``.
 
-    Umeyama (1991), as used by InsightFace; returns a 2x3 matrix for ``cv2.warpAffine``.
+    Umeyama's (1991) solution, as InsightFace uses it, written in its closed 2-D form: a similarity
+    ``[[a, -b], [b, a]]`` is linear in (a, b), so the least-squares fit is two sums instead of an SVD
+    (the same matrix to 1e-12, never a reflection; 5 instead of 60 µs on a server's /predict path).
+    Returns a 2x3 matrix for ``cv2.warpAffine``.
     """
     src = np.asarray(src, dtype=np.float64)
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
         raise ValueError(f"need matching (N>=2, 2) point sets, got {src.shape} and {dst.shape}")
-    n = src.shape[0]
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s_c, d_c = src - mu_s, dst - mu_d
-    cov = d_c.T @ s_c / n
-    u, sig, vt = np.linalg.svd(cov)
-    d = np.ones(2)
-    if sig[1] <= sig[0] * 1e-10:
-        # Rank 1 (two points, or collinear ones): det(cov) is ~0 and its sign is rounding noise;
-        # pick the sign that makes u @ diag(d) @ vt a rotation, never a reflection (Umeyama, eq. 43).
-        if np.linalg.det(u) * np.linalg.det(vt) < 0:
-            d[-1] = -1
-    elif np.linalg.det(cov) < 0:
-        d[-1] = -1
-    r = u @ np.diag(d) @ vt
-    var_s = (s_c**2).sum() / n
-    if var_s <= 1e-12:
+    # A handful of points: plain floats, where NumPy's per-call overhead would be most of the cost.
+    n = len(src)
+    s, d = src.tolist(), dst.tolist()
+    msx, msy = sum(p[0] for p in s) / n, sum(p[1] for p in s) / n
+    mdx, mdy = sum(p[0] for p in d) / n, sum(p[1] for p in d) / n
+    var_s = dot = cross = 0.0
+    for (sx, sy), (dx, dy) in zip(s, d):
+        sx, sy, dx, dy = sx - msx, sy - msy, dx - mdx, dy - mdy
+        var_s += sx * sx + sy * sy
+        dot += sx * dx + sy * dy
+        cross += sx * dy - sy * dx
+    if not var_s > 1e-12 * n:  # also NaN
         raise ValueError("degenerate landmarks: all points coincide")
-    scale = (sig * d).sum() / var_s
-    t = mu_d - scale * r @ mu_s
-    return np.hstack([scale * r, t[:, None]])
+    a, b = dot / var_s, cross / var_s
+    return np.array([[a, -b, mdx - a * msx + b * msy], [b, a, mdy - b * msx - a * msy]])
 
 
 def transform_for(points: np.ndarray, size: int = ALIGNED_SIZE) -> np.ndarray:

@@ -9,6 +9,8 @@ threshold lives in ``Settings`` and was chosen from ``facegate eval --compare`` 
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -101,27 +103,30 @@ def pose_from_points(points: np.ndarray) -> tuple[float | None, float]:
     projects about 0.5 inter-eye distances sideways per radian of turn (a head-model estimate,
     good to a few degrees up to ~45, saturating beyond; used only as a gate).
     """
-    p = np.asarray(points, dtype=np.float64)
-    d = p[1] - p[0]
-    iod = float(np.hypot(*d))
-    roll = float(np.degrees(np.arctan2(d[1], d[0])))
-    if p.shape[0] < 3 or iod < 1e-6:
+    p = np.asarray(points, dtype=np.float64).tolist()  # a few points: plain floats (NumPy's call overhead)
+    dx, dy = p[1][0] - p[0][0], p[1][1] - p[0][1]
+    iod = math.hypot(dx, dy)
+    roll = math.degrees(math.atan2(dy, dx))
+    if len(p) < 3 or iod < 1e-6:
         return None, roll
-    u = d / iod
-    offset = float((p[2] - (p[0] + p[1]) / 2) @ u) / iod
-    yaw = float(np.degrees(np.arcsin(np.clip(offset / 0.5, -1.0, 1.0))))
+    offset = ((p[2][0] - (p[0][0] + p[1][0]) / 2) * dx + (p[2][1] - (p[0][1] + p[1][1]) / 2) * dy) / (iod * iod)
+    yaw = math.degrees(math.asin(min(1.0, max(-1.0, offset / 0.5))))
     return yaw, roll
+
+
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> np.ndarray:
+    """Sample points (every 4th pixel centre) of a ``size`` x ``size`` crop, as a (2, n) array."""
+    ys, xs = np.mgrid[0:size:4, 0:size:4]
+    return np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5])
 
 
 def coverage(matrix: np.ndarray, image_shape: tuple[int, ...], size: int) -> float:
     """Share of the ``size`` x ``size`` aligned crop whose source pixel lies inside the image."""
-    m = np.vstack([np.asarray(matrix, dtype=np.float64), [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(m)[:2]
-    ys, xs = np.mgrid[0:size:4, 0:size:4]
-    pts = np.stack([xs.ravel() + 0.5, ys.ravel() + 0.5, np.ones(xs.size)])
-    sx, sy = inv @ pts
+    inv = cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
+    sx, sy = inv[:, :2] @ _grid(size) + inv[:, 2:]
     h, w = image_shape[:2]
-    return float(np.mean((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h)))
+    return float(np.count_nonzero((sx >= 0) & (sx < w) & (sy >= 0) & (sy < h))) / sx.size
 
 
 def measure(
@@ -129,19 +134,21 @@ def measure(
 ) -> Quality:
     """Quality signals of one face from its aligned crop, the 2x3 alignment matrix, its alignment points
     and the shape of the image it came from."""
-    scale = float(np.sqrt(abs(np.linalg.det(np.asarray(matrix, dtype=np.float64)[:, :2]))))
-    face_px = aligned.shape[0] / max(scale, 1e-9)
+    (a, b, _), (c, d, _) = np.asarray(matrix, dtype=np.float64).tolist()
+    face_px = aligned.shape[0] / max(math.sqrt(abs(a * d - b * c)), 1e-9)
     grey = cv2.cvtColor(np.ascontiguousarray(aligned), cv2.COLOR_RGB2GRAY)
     core = grey[_CORE]
+    mean, sd = (float(v[0, 0]) for v in cv2.meanStdDev(core))
+    lap_sd = float(cv2.meanStdDev(cv2.Laplacian(core, cv2.CV_32F))[1][0, 0])  # exact: sums of a few uint8 values
     # Divided by the core's own contrast so that a dim face is called dark, not blurred.
-    sharpness = float(100.0 * cv2.Laplacian(core, cv2.CV_64F).var() / max(float(core.astype(np.float64).var()), 1.0))
-    clipped = float(np.mean((core <= 8) | (core >= 247)))
+    sharpness = 100.0 * lap_sd * lap_sd / max(sd * sd, 1.0)
+    clipped = 1.0 - cv2.countNonZero(cv2.inRange(core, 9, 246)) / core.size  # <= 8 or >= 247
     yaw, roll = pose_from_points(points)
     return Quality(
         face_px=float(face_px),
         det_score=None if det_score is None else float(det_score),
         sharpness=sharpness,
-        brightness=float(core.mean()),
+        brightness=mean,
         clipped=clipped,
         yaw=yaw,
         roll=roll,

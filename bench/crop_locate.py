@@ -9,7 +9,7 @@ embeddings of all the crops are also scored as a recognizer, on their own: every
 labelled people, genuine (same person) or not: equal error rate, true accept rate at 0.1% false
 accepts, and rank-1 (each crop against all the others). Times are the locate step alone, one thread.
 
-    python bench/crop_locate.py [DIR] [--limit 300] [--margins 0 0.25] [--strategies served padded_first] [--json out.json]
+    python bench/crop_locate.py [DIR] [--limit 300] [--margins 0 0.25] [--strategies served padded_first] [--upscale 2.5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from facegate.client import crop_face, encode_jpeg
@@ -97,6 +98,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.25])
     ap.add_argument("--strategies", nargs="+", help="only these (names as in the table, up to the parenthesis)")
+    ap.add_argument("--upscale", type=float, default=1.0, help="scale each photo by this (bicubic) first: the bigger crops of a closer or sharper camera")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
 
@@ -113,6 +115,9 @@ def main() -> int:
         img, face = central_face(p.detector, path)
         if face is None:
             continue
+        if args.upscale != 1.0:
+            img = cv2.resize(img, None, fx=args.upscale, fy=args.upscale, interpolation=cv2.INTER_CUBIC)
+            face = face.scaled(args.upscale, args.upscale, 0.0, 0.0)
         ref = p.embed([p.locate(img).aligned])[0]
         who.append(path.parent.name)
         for m in args.margins:

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facegate.detect import KEYPOINT_NAMES, BlazeFaceDetector, Face, pick_main_face
+from facegate.detect import KEYPOINT_NAMES, BlazeFaceDetector, Face, pick_main_face, shrink
 
 KP = {name: i for i, name in enumerate(KEYPOINT_NAMES)}
 
@@ -215,3 +215,20 @@ def test_pick_main_face_on_real_image(full_detector, astronaut):
 
     nearest = min(faces, key=centre_dist)
     assert pick_main_face(faces, canvas.shape, min_area_ratio=0.0) is nearest
+
+
+@pytest.mark.parametrize("size", [(400, 300), (200, 150), (101, 76), (47, 35)])
+def test_shrink_keeps_the_geometry_it_reports(size):
+    """Halvings and a bilinear rest: the size asked for, and a spot where the reported source size puts it
+    (an odd-sized image, so halvings drop a row or column; ratios from 1.3 to 11)."""
+    img = np.zeros((389, 517, 3), np.uint8)
+    cv2.circle(img, (331, 97), 9, (255, 255, 255), -1)
+    w, h = size
+    small, (sw, sh) = shrink(img, w, h)
+    assert small.shape == (h, w, 3)
+    assert 517 - sw < sw / w and 389 - sh < sh / h  # at most one dropped column/row per halving, in source pixels
+    grey = small[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w]
+    cx, cy = (xs * grey).sum() / grey.sum(), (ys * grey).sum() / grey.sum()
+    back = ((cx + 0.5) * sw / w - 0.5, (cy + 0.5) * sh / h - 0.5)
+    assert abs(back[0] - 331) < 1.0 and abs(back[1] - 97) < 1.0, back

@@ -69,8 +69,9 @@ def test_landmarks_near_a_blazeface_box(yunet, detector, astronaut):
 
 
 def test_face_filling_a_crop_maps_its_points_back_to_the_crop(yunet, detector, astronaut):
-    """YuNet on a scaled, padded face crop: its points in the crop's pixels, for square and oblong crops
-    and a crop smaller than the window (scaled up), as YuNet puts them on the whole photo."""
+    """YuNet on a scaled, padded face crop: its points in the crop's pixels, for square and oblong crops,
+    a crop smaller than the window (scaled up) and a large one (halved, then scaled), as YuNet puts them
+    on the whole photo."""
     img = np.ascontiguousarray(astronaut)
     blaze = detector.detect(img)[0]
     whole = yunet.landmarks_near(img, blaze)
@@ -83,8 +84,8 @@ def test_face_filling_a_crop_maps_its_points_back_to_the_crop(yunet, detector, a
     }
     for name, (top, bottom, left, right) in crops.items():
         crop = np.ascontiguousarray(img[max(0, top) : bottom, max(0, left) : right])
-        for scale in (1.0, 0.5):  # 0.5: a 60-px crop, scaled up to the window
-            small = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale != 1 else crop
+        for scale in (1.0, 0.5, 3.0):  # 0.5: a 60-px crop, scaled up to the window; 3: a 400-px crop, halved first
+            small = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC) if scale != 1 else crop
             face = yunet.face_filling(small)
             assert face is not None, name
             expected = (whole.keypoints - [max(0, left), max(0, top)]) * scale

@@ -224,20 +224,20 @@ class YuNetDetector:
         side all round, scaled so the longer side is ``side``; None without one overlapping the crop.
 
         The same window as ``landmarks_near`` around the whole crop, built by scaling the crop and then
-        padding it, at a third of the cost (INTER_AREA is slow at odd ratios, and most of the window is
-        padding); its points map back through the crop's own scale.
+        padding it, at a third of the cost (most of the window is padding; ``shrink`` scales the crop);
+        its points map back through the crop's own scale.
         """
         h, w = rgb.shape[:2]
         m = context * max(h, w)
         s = side / (max(h, w) + 2 * m)
         pw, ph = max(1, round(w * s)), max(1, round(h * s))
-        small = cv2.resize(rgb, (pw, ph), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+        small, (sw, sh) = shrink(rgb, pw, ph)
         ox = oy = round(m * s)
         window = cv2.copyMakeBorder(
             small, oy, max(0, round((h + 2 * m) * s) - oy - ph), ox, max(0, round((w + 2 * m) * s) - ox - pw),
             cv2.BORDER_CONSTANT, value=(0, 0, 0),
         )
-        ax, ay = pw / w, ph / h
+        ax, ay = pw / sw, ph / sh
         return _overlapping([f.scaled(1 / ax, 1 / ay, -ox / ax, -oy / ay) for f in self.detect(window)], (0.0, 0.0, float(w), float(h)))
 
     def landmarks_near(self, rgb: np.ndarray, face: Face, context: float = 0.6, side: int = 192) -> Face | None:
@@ -258,6 +258,26 @@ class YuNetDetector:
         s = side / max(crop.shape[:2])
         crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
         return _overlapping([f.shifted(left, top, 1 / s) for f in self.detect(crop)], face.box)
+
+
+def shrink(img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """``img`` scaled to ``w`` x ``h`` (not larger), and the width and height of ``img`` it stands for.
+
+    OpenCV's area averaging is fast only at a ratio of 2 (SIMD) and slow at any other (135 / 220 /
+    370 / 770 us for a 144 / 220 / 320 / 500 px crop scaled to 107 px): so the image is halved by area
+    averaging while it is at least twice the size wanted (its last row or column dropped where odd,
+    hence the size returned), and scaled bilinearly the rest of the way, by less than 2, where
+    bilinear sampling skips no pixel: 24 / 36 / 50 / 104 us.
+    """
+    k = 1
+    while img.shape[1] >= 2 * w and img.shape[0] >= 2 * h:
+        hh, hw = img.shape[0] // 2, img.shape[1] // 2
+        img = cv2.resize(img[: 2 * hh, : 2 * hw], (hw, hh), interpolation=cv2.INTER_AREA)
+        k *= 2
+    stands_for = (img.shape[1] * k, img.shape[0] * k)
+    if img.shape[1] != w or img.shape[0] != h:
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+    return img, stands_for
 
 
 def _overlapping(found: list[Face], box: tuple[float, ...], min_iou: float = 0.3) -> Face | None:

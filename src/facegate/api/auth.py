@@ -8,10 +8,12 @@ in one table, deny-by-default: every path under ``/v1`` and every non-GET needs 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 from limits import RateLimitItem, parse_many
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -26,6 +28,12 @@ from .limits import send_error
 CLIENT_ROUTES = frozenset({("POST", "/predict"), ("POST", "/v1/identify"), ("POST", "/v1/verify"), ("GET", "/metrics")})
 PUBLIC_PREFIX_EXCEPTIONS = ("/v1/", "/metrics")
 UNLIMITED = frozenset({"/healthz"})
+#: A shared counter store (Redis) must answer within this, or the request goes on without its limits.
+STORAGE_TIMEOUT_S = 0.25
+#: After the store failed, limits are off for this long before it is tried again.
+STORAGE_RETRY_S = 5.0
+
+log = logging.getLogger(__name__)
 
 
 def required_role(method: str, path: str) -> str | None:
@@ -47,20 +55,36 @@ def presented_key(headers: dict[bytes, bytes]) -> str | None:
 
 
 class RateLimits:
-    """Moving-window counters per key, per address, and per address for failed authentications."""
+    """Moving-window counters per key, per address, and per address for failed authentications.
 
-    def __init__(self, per_key: str, per_ip: str, auth_failures: str, storage: str) -> None:
-        self.limiter = MovingWindowRateLimiter(storage_from_string(storage))
+    In ``storage``: ``memory://`` (one process) or ``redis://host:port`` (shared by every worker and
+    server using it). A counter store that fails or does not answer within ``STORAGE_TIMEOUT_S``
+    lets requests through (they still need their key) and is left alone for ``retry_s``: a school
+    gate keeps opening while its Redis restarts, and no request waits on a dead host. The check runs
+    on the event loop: one round trip to a Redis nearby (about 0.1 ms on loopback) a limit.
+    """
+
+    def __init__(self, per_key: str, per_ip: str, auth_failures: str, storage: str, *, retry_s: float = STORAGE_RETRY_S) -> None:
+        self.limiter = MovingWindowRateLimiter(_storage(storage))
+        self.storage = storage.split("://", 1)[0]
         self.per_key = parse_many(per_key) if per_key else []
         self.per_ip = parse_many(per_ip) if per_ip else []
         self.auth_failures = parse_many(auth_failures) if auth_failures else []
+        self.retry_s = retry_s
+        self._down_until = 0.0
 
     def _hit(self, items: list[RateLimitItem], *ids: str) -> float | None:
         """Count one request; seconds to wait if over a limit, else None."""
-        for item in items:
-            if not self.limiter.hit(item, *ids):
-                reset = self.limiter.get_window_stats(item, *ids).reset_time
-                return max(1.0, reset - time.time())
+        if not items or time.monotonic() < self._down_until:
+            return None
+        try:
+            for item in items:
+                if not self.limiter.hit(item, *ids):
+                    reset = self.limiter.get_window_stats(item, *ids).reset_time
+                    return max(1.0, reset - time.time())
+        except StorageError as exc:
+            self._down_until = time.monotonic() + self.retry_s
+            log.warning("rate limits off for %.0f s: the %s counter store failed (%s)", self.retry_s, self.storage, exc)
         return None
 
     def key(self, key_id: str) -> float | None:
@@ -71,6 +95,14 @@ class RateLimits:
 
     def failed_auth(self, addr: str) -> float | None:
         return self._hit(self.auth_failures, "authfail", addr)
+
+
+def _storage(uri: str):
+    """The counter store, with storage errors raised as ``StorageError`` and short Redis timeouts."""
+    options: dict = {"wrap_exceptions": True}
+    if uri.split("://", 1)[0] in ("redis", "rediss", "redis+unix"):
+        options |= {"socket_timeout": STORAGE_TIMEOUT_S, "socket_connect_timeout": STORAGE_TIMEOUT_S}
+    return storage_from_string(uri, **options)
 
 
 class AuthMiddleware:

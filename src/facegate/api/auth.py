@@ -13,9 +13,9 @@ import math
 import time
 
 from limits import RateLimitItem, parse_many
+from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from limits.storage import storage_from_string
-from limits.strategies import MovingWindowRateLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import audit
@@ -60,48 +60,51 @@ class RateLimits:
     In ``storage``: ``memory://`` (one process) or ``redis://host:port`` (shared by every worker and
     server using it). A counter store that fails or does not answer within ``STORAGE_TIMEOUT_S``
     lets requests through (they still need their key) and is left alone for ``retry_s``: a school
-    gate keeps opening while its Redis restarts, and no request waits on a dead host. The check runs
-    on the event loop: one round trip to a Redis nearby (about 0.1 ms on loopback) a limit.
+    gate keeps opening while its Redis restarts, and no request waits on a dead host. The counters
+    are asyncio ones (limits' ``async+`` stores, redis-py's asyncio client): the event loop serves
+    other requests while a count goes to Redis and back.
     """
 
     def __init__(self, per_key: str, per_ip: str, auth_failures: str, storage: str, *, retry_s: float = STORAGE_RETRY_S) -> None:
         self.limiter = MovingWindowRateLimiter(_storage(storage))
-        self.storage = storage.split("://", 1)[0]
+        self.storage = storage.split("://", 1)[0].removeprefix("async+")
         self.per_key = parse_many(per_key) if per_key else []
         self.per_ip = parse_many(per_ip) if per_ip else []
         self.auth_failures = parse_many(auth_failures) if auth_failures else []
         self.retry_s = retry_s
         self._down_until = 0.0
 
-    def _hit(self, items: list[RateLimitItem], *ids: str) -> float | None:
+    async def _hit(self, items: list[RateLimitItem], *ids: str) -> float | None:
         """Count one request; seconds to wait if over a limit, else None."""
         if not items or time.monotonic() < self._down_until:
             return None
         try:
             for item in items:
-                if not self.limiter.hit(item, *ids):
-                    reset = self.limiter.get_window_stats(item, *ids).reset_time
+                if not await self.limiter.hit(item, *ids):
+                    reset = (await self.limiter.get_window_stats(item, *ids)).reset_time
                     return max(1.0, reset - time.time())
         except StorageError as exc:
             self._down_until = time.monotonic() + self.retry_s
             log.warning("rate limits off for %.0f s: the %s counter store failed (%s)", self.retry_s, self.storage, exc)
         return None
 
-    def key(self, key_id: str) -> float | None:
-        return self._hit(self.per_key, "key", key_id)
+    async def key(self, key_id: str) -> float | None:
+        return await self._hit(self.per_key, "key", key_id)
 
-    def ip(self, addr: str) -> float | None:
-        return self._hit(self.per_ip, "ip", addr)
+    async def ip(self, addr: str) -> float | None:
+        return await self._hit(self.per_ip, "ip", addr)
 
-    def failed_auth(self, addr: str) -> float | None:
-        return self._hit(self.auth_failures, "authfail", addr)
+    async def failed_auth(self, addr: str) -> float | None:
+        return await self._hit(self.auth_failures, "authfail", addr)
 
 
 def _storage(uri: str):
-    """The counter store, with storage errors raised as ``StorageError`` and short Redis timeouts."""
+    """The asyncio counter store for ``uri`` (``memory://``, ``redis://...``), with storage errors raised
+    as ``StorageError`` and short Redis timeouts."""
+    uri = uri if uri.startswith("async+") else "async+" + uri
     options: dict = {"wrap_exceptions": True}
-    if uri.split("://", 1)[0] in ("redis", "rediss", "redis+unix"):
-        options |= {"socket_timeout": STORAGE_TIMEOUT_S, "socket_connect_timeout": STORAGE_TIMEOUT_S}
+    if uri.split("://", 1)[0] in ("async+redis", "async+rediss", "async+redis+unix"):
+        options |= {"implementation": "redispy", "socket_timeout": STORAGE_TIMEOUT_S, "socket_connect_timeout": STORAGE_TIMEOUT_S}
     return storage_from_string(uri, **options)
 
 
@@ -123,7 +126,7 @@ class AuthMiddleware:
         method, path = scope["method"], scope["path"]
         addr = (scope.get("client") or ("unknown", 0))[0]
         if path not in UNLIMITED:
-            wait = self.limits.ip(addr)
+            wait = await self.limits.ip(addr)
             if wait is not None:
                 await self._too_many(send, wait, f"too many requests from {addr}")
                 return
@@ -140,7 +143,7 @@ class AuthMiddleware:
             if role not in GRANTS[key_role]:
                 await send_error(send, 403, "forbidden", f"this {key_role} key may not {method} {path}; it needs an {role} key")
                 return
-            wait = self.limits.key(key_id)
+            wait = await self.limits.key(key_id)
             if wait is not None:
                 await self._too_many(send, wait, f"too many requests with key {key_id}")
                 return
@@ -149,7 +152,7 @@ class AuthMiddleware:
         elif keys is None or not keys.enforcing():
             actor = f"open@{addr}"
         else:
-            wait = self.limits.failed_auth(addr)
+            wait = await self.limits.failed_auth(addr)
             if wait is not None:  # a valid key from the same address still works
                 await self._too_many(send, wait, "too many requests with a missing or wrong API key")
                 return

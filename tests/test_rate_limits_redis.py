@@ -40,6 +40,9 @@ class RedisServer:
         self.stop()
         raise RuntimeError("redis-server did not answer PING within 20 s")
 
+    def dbsize(self) -> int:
+        return int(subprocess.run(["redis-cli", "-p", str(self.port), "dbsize"], capture_output=True, text=True, check=True).stdout)
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
@@ -76,23 +79,31 @@ def test_a_server_keeps_answering_while_its_redis_is_down(start_server, redis_se
     assert "rate limits off" in s.read_log() and "counter store failed" in s.read_log()
 
 
-def test_limits_come_back_with_redis(tmp_path):
-    """Down: no limit and no waiting on it for ``retry_s``; back: counted again (one event loop, as in a server)."""
+def test_limits_back_off_from_a_failed_redis_then_come_back(tmp_path):
+    """Down: no limit. Back up within ``retry_s`` of the failure: still left alone (nothing written to
+    it, so no request waits on a store that just failed). After ``retry_s``: counted again. One event
+    loop, as in a server."""
     down = RedisServer(tmp_path)
-    limits = RateLimits("", "2/minute", "", down.url, retry_s=0.2)
+    limits = RateLimits("", "2/minute", "", down.url, retry_s=3.0)
 
     async def counts() -> list[float | None]:
         return [await limits.ip("10.0.0.1") for _ in range(3)]
 
-    async def scenario() -> tuple[list, list]:
+    async def scenario() -> tuple[list, float, int, list, list]:
         while_down = await counts()
+        failed_at = time.monotonic()
         down.start()
-        await asyncio.sleep(0.3)  # past retry_s: the store is tried again
-        return while_down, await counts()
+        backing_off = await counts()
+        backed_off_for = time.monotonic() - failed_at
+        keys_meanwhile = down.dbsize()
+        await asyncio.sleep(max(0.0, failed_at + limits.retry_s + 0.2 - time.monotonic()))
+        return while_down, backed_off_for, keys_meanwhile, backing_off, await counts()
 
     try:
-        while_down, back = asyncio.run(scenario())
+        while_down, backed_off_for, keys_meanwhile, backing_off, back = asyncio.run(scenario())
     finally:
         down.stop()
     assert while_down == [None, None, None]
+    assert backed_off_for < limits.retry_s, "redis-server took longer to start than the back-off lasts"
+    assert backing_off == [None, None, None] and keys_meanwhile == 0
     assert back[:2] == [None, None] and back[2] is not None and 1.0 <= back[2] <= 60.0

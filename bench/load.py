@@ -11,9 +11,9 @@
    crop with its eye points) from 1, 8, 32 and 128 concurrent clients for --seconds each:
    requests/s, p50/p95/p99 latency, errors, 503s, and server throughput / raw model throughput.
 
-This machine's speed drifts by 10-15% over minutes (a shared VM), so the model alone is measured
-again right before each level (its best TTA batch, a few seconds) and each level's ratio is taken
-against that figure: side by side. The idle latency (one client) is taken in short stretches
+This machine's speed drifts by 10-15% within a minute (a shared VM), so each level runs in
+--rounds stretches, each right after the model alone is measured again (its best TTA batch, 1.5 s
+each way): a ratio for each round, side by side, and the level's ratio is their median. The idle latency (one client) is taken in short stretches
 alternated with the model's own time for one request, compared round by round. CPU time per
 request (server process, all threads; the model alone) is reported too: unlike requests/s it
 hardly depends on the machine's pace.
@@ -119,10 +119,10 @@ def tta_rate(tta, requests_per_call: int, seconds: float = 4.0, callers: int = 1
     return {"requests_per_s": n / wall, "cpu_ms_per_request": 1000 * cpu / n}
 
 
-def best_alone(tta, lane, model: dict) -> dict:
-    """The model alone now, the better of its two ways to use the cores, each at its best batch."""
-    one = tta_rate(tta, model["tta_best_batch"], 3.0) | {"how": f"1 caller x {model['threads']} threads"}
-    side = tta_rate(lane, model["lanes_best_batch"], 3.0, callers=model["threads"]) | {"how": f"{model['threads']} callers x 1 thread"}
+def best_alone(tta, lane, model: dict, seconds: float = 3.0) -> dict:
+    """The model alone now, the better of its two ways to use the cores, each at its best batch for ``seconds``."""
+    one = tta_rate(tta, model["tta_best_batch"], seconds) | {"how": f"1 caller x {model['threads']} threads"}
+    side = tta_rate(lane, model["lanes_best_batch"], seconds, callers=model["threads"]) | {"how": f"{model['threads']} callers x 1 thread"}
     return max(one, side, key=lambda r: r["requests_per_s"])
 
 
@@ -218,7 +218,8 @@ def _load_process(url: str, body: dict, clients: int, seconds: float, out) -> No
     out.put(asyncio.run(main()))
 
 
-def run_level(url: str, body: dict, clients: int, seconds: float, server_pid: int | None = None) -> dict:
+def _generate(url: str, body: dict, clients: int, seconds: float, server_pid: int | None) -> dict:
+    """One stretch of load from the generator process: its raw result and the server's CPU seconds."""
     q: mp.Queue = mp.Queue()
     p = mp.Process(target=_load_process, args=(url, body, clients, seconds, q))
     cpu0 = process_cpu_s(server_pid) if server_pid else None
@@ -226,22 +227,56 @@ def run_level(url: str, body: dict, clients: int, seconds: float, server_pid: in
     res = q.get(timeout=seconds + 120)
     cpu1 = process_cpu_s(server_pid) if server_pid else None
     p.join(30)
-    lat = np.array(res["latencies"]) * 1000
-    ok = res["codes"].get(200, 0)
-    return {
+    return res | {"server_cpu_s": cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None}
+
+
+def run_level(url: str, body: dict, clients: int, seconds: float, server_pid: int | None = None, alone=None, rounds: int = 1) -> dict:
+    """``clients`` for ``seconds`` in all, in ``rounds`` stretches; with ``alone`` (a function measuring the
+    model alone), each stretch follows its own measurement of the model alone and gives its own ratio.
+
+    Why rounds: this VM's pace drifts within a minute; a ratio from one reference taken before a
+    12-s level moved by 7 points between runs of the same code (81-88%). Pairs taken seconds apart
+    see the same machine; their median is the level's ratio, their spread is shown beside it."""
+    parts, refs = [], []
+    for _ in range(rounds):
+        if alone is not None:
+            refs.append(alone())
+        parts.append(_generate(url, body, clients, seconds / rounds, server_pid))
+    lat = np.concatenate([np.asarray(r["latencies"], float) for r in parts]) * 1000
+    codes: dict[int, int] = {}
+    for r in parts:
+        for k, v in r["codes"].items():
+            codes[k] = codes.get(k, 0) + v
+    ok = codes.get(200, 0)
+    wall = sum(r["wall"] for r in parts)
+    cpus = [r["server_cpu_s"] for r in parts]
+    out = {
         "clients": clients,
         "requests_ok": ok,
-        "requests_per_s": ok / res["wall"],
+        "requests_per_s": ok / wall,
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p95_ms": float(np.percentile(lat, 95)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-        "status_counts": {str(k): v for k, v in sorted(res["codes"].items())},
-        "http_503": res["codes"].get(503, 0),
-        "errors": res["errors"] + sum(v for k, v in res["codes"].items() if k not in (200, 503)),
-        "generator_cpu_ms_per_request": 1000 * res["generator_cpu_s"] / max(1, sum(res["codes"].values())),
+        "status_counts": {str(k): v for k, v in sorted(codes.items())},
+        "http_503": codes.get(503, 0),
+        "errors": sum(r["errors"] for r in parts) + sum(v for k, v in codes.items() if k not in (200, 503)),
+        "generator_cpu_ms_per_request": 1000 * sum(r["generator_cpu_s"] for r in parts) / max(1, sum(codes.values())),
         # Includes the CPU spent refusing (503s) and on the warm-up's tail: per answered request.
-        "server_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / max(1, ok) if cpu0 is not None and cpu1 is not None else None,
+        "server_cpu_ms_per_request": 1000 * sum(cpus) / max(1, ok) if None not in cpus else None,
     }
+    if refs:
+        rates = [r["codes"].get(200, 0) / r["wall"] for r in parts]
+        ratios = [r / a["requests_per_s"] for r, a in zip(rates, refs)]
+        mid = sorted(range(rounds), key=lambda i: ratios[i])[rounds // 2]  # the median round (the upper one of an even count)
+        out |= {
+            "rounds": [{"requests_per_s": r, "model_alone": a, "ratio": q} for r, a, q in zip(rates, refs, ratios)],
+            "ratio": float(np.median(ratios)),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "model_alone": refs[mid],
+            "model_alone_requests_per_s": float(np.median([a["requests_per_s"] for a in refs])),
+        }
+    return out
 
 
 IDLE_SECONDS = 1.2
@@ -285,8 +320,9 @@ def markdown(result: dict) -> str:
         + ", ".join(f"{k}: {v:.1f}" for k, v in m["lanes_requests_per_s_by_batch"].items())
         + ".",
         "",
-        "Each level's ratio is against the model alone measured just before it (TTA, the better of the two ways at its best "
-        "batch, named in the last column); CPU ms are per answered request.",
+        "Each level is run in rounds, each round right after the model alone (TTA, the better of the two ways at its best "
+        "batch, named in the last column); a round's ratio is its requests/s over that figure, and the level's ratio is "
+        "the median round's (the lowest and highest round in brackets). CPU ms are per answered request.",
         "",
         "| clients | requests/s | p50 ms | p95 ms | p99 ms | 503s | errors | model alone, requests/s | server / model throughput "
         "| server CPU ms | model CPU ms | load generator CPU ms | model alone measured as |",
@@ -295,9 +331,13 @@ def markdown(result: dict) -> str:
     for lv in result["levels"]:
         f = lambda v, p=0: f"{v:.{p}f}" if v is not None else "-"  # noqa: E731
         ref = lv.get("model_alone") or {"requests_per_s": m["tta_requests_per_s_best"], "cpu_ms_per_request": None}
+        alone = lv.get("model_alone_requests_per_s", ref["requests_per_s"])
+        ratio = (
+            f"{lv['ratio']:.0%} ({lv['ratio_min']:.0%}-{lv['ratio_max']:.0%})" if "ratio" in lv else f"{lv['requests_per_s'] / alone:.0%}"
+        )
         lines.append(
             f"| {lv['clients']} | {lv['requests_per_s']:.1f} | {f(lv['p50_ms'])} | {f(lv['p95_ms'])} | {f(lv['p99_ms'])} "
-            f"| {lv['http_503']} | {lv['errors']} | {ref['requests_per_s']:.1f} | {lv['requests_per_s'] / ref['requests_per_s']:.0%} "
+            f"| {lv['http_503']} | {lv['errors']} | {alone:.1f} | {ratio} "
             f"| {f(lv.get('server_cpu_ms_per_request'), 1)} | {f(ref['cpu_ms_per_request'], 1)} "
             f"| {f(lv.get('generator_cpu_ms_per_request'), 2)} | {ref.get('how', '-')} |"
         )
@@ -312,7 +352,8 @@ def markdown(result: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
-    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=20.0, help="of load at each level, in all its rounds")
+    ap.add_argument("--rounds", type=int, default=4, help="stretches of load at each level, each after the model alone")
     ap.add_argument("--url")
     ap.add_argument("--serve-args", default="")
     ap.add_argument("--json", dest="json_out")
@@ -345,9 +386,13 @@ def main() -> int:
         levels, idle = [], None
         for n in args.clients:
             print(f"{n} clients for {args.seconds:.0f} s ...", file=sys.stderr)
-            alone = best_alone(tta, lane, model)
             run_level(url, body, n, 2.0)  # warm-up
-            levels.append(run_level(url, body, n, args.seconds, proc.pid if proc is not None else None) | {"model_alone": alone})
+            levels.append(
+                run_level(
+                    url, body, n, args.seconds, proc.pid if proc is not None else None,
+                    alone=lambda: best_alone(tta, lane, model, 1.5), rounds=args.rounds,
+                )
+            )
             print(json.dumps(levels[-1]), file=sys.stderr)
         if 1 in args.clients:
             print("idle latency, alternating with the model alone ...", file=sys.stderr)

@@ -248,6 +248,13 @@ def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_mod
         np.testing.assert_allclose(model.raw(x, lane=True), model.raw(x), rtol=1e-4, atol=1e-4)
         vecs, norms = server.batcher.lane_fn(x)
         ref_vecs, ref_norms = server.embedder.embed_with_norm(x)
+        full, model._session = model._session, None  # each way on its own session: without the full one,
+        try:  # the lane still runs and the call alone cannot
+            np.testing.assert_allclose(server.batcher.lane_fn(x)[0], vecs, atol=1e-6)
+            with pytest.raises(AttributeError):
+                server.batcher.fn(x)
+        finally:
+            model._session = full
         np.testing.assert_allclose(vecs, ref_vecs, atol=1e-5)
         np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
         blas = [p for p in threadpool_info() if p["user_api"] == "blas"]

@@ -13,8 +13,9 @@
 
 This machine's speed drifts by 10-15% within a minute (a shared VM), so each level runs in
 --rounds stretches, each right after the model alone is measured again (its best TTA batch, 1.5 s
-each way): a ratio for each round, side by side, and the level's ratio is their median. The idle latency (one client) is taken in short stretches
-alternated with the model's own time for one request, compared round by round. CPU time per
+each way): a ratio for each round, side by side, and the level's ratio is their median. The idle
+latency (one client) is taken in short stretches alternated with the model's own time for one
+request, compared round by round. CPU time per
 request (server process, all threads; the model alone) is reported too: unlike requests/s it
 hardly depends on the machine's pace.
 

@@ -31,6 +31,7 @@ import numpy as np
 from . import audit
 from .encryption import Sealer
 from .errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from .hnswindex import HnswIndex
 from .pqindex import PQIndex, exact_top
 from .rank import Neighbour
 
@@ -297,6 +298,9 @@ class Gallery(GalleryCounts):
         #: exactly; in memory, rebuilt at start) or "hnsw" (hnswlib graph, saved beside the database).
         self.ann_index = ann_index
         self.pq_rerank = pq_rerank
+        #: Candidates fetched from the index per face asked for, all re-ranked exactly: the PQ codes are
+        #: coarse (recall@5 >= 0.99 at 50, ``bench/search_pq.py``); the graph's distances are exact.
+        self._depth = pq_rerank if ann_index == "pq" else 1
         self._lock = threading.RLock()  # the database connection and the in-memory tables
         self._index_lock = _RWLock()  # the search index: queries and saves read, adds, deletes and rebuilds write
         self._save_lock = threading.Lock()
@@ -456,8 +460,6 @@ class Gallery(GalleryCounts):
             for stale in (path, meta_path):
                 stale.unlink(missing_ok=True)  # vectors in the clear must not outlive a switch to encryption or to "pq"
             return self._build_index(vectors, ids)
-        import hnswlib
-
         try:
             meta = json.loads(meta_path.read_text())
             if (
@@ -467,10 +469,7 @@ class Gallery(GalleryCounts):
                 and meta.get("dim") == self.dim
                 and meta.get("digest") == _digest(path)
             ):
-                index = hnswlib.Index(space="ip", dim=self.dim)
-                index.load_index(str(path), max_elements=max(n, 16))
-                index.set_ef(self.hnsw_ef)
-                return index
+                return HnswIndex.load(path, self.dim, n, self.hnsw_ef)
             log.warning(
                 "HNSW index is stale or damaged (index generation %s, database %s); rebuilding",
                 meta.get("generation"),
@@ -484,21 +483,13 @@ class Gallery(GalleryCounts):
         self._write_index_files(index, self._generation_loaded, n)
         return index
 
-    def _build_index(self, vectors: np.ndarray, ids: np.ndarray):
+    def _build_index(self, vectors: np.ndarray, ids: np.ndarray) -> PQIndex | HnswIndex:
         self.index_rebuilt = True
         if self.ann_index == "pq":
             return PQIndex(self.dim, vectors, ids)  # seconds for a million faces
-        import hnswlib
+        return HnswIndex.build(self.dim, vectors, ids, m=self.hnsw_m, ef_construction=self.hnsw_ef_construction, ef=self.hnsw_ef)
 
-        n = len(ids)
-        index = hnswlib.Index(space="ip", dim=self.dim)
-        index.init_index(max_elements=max(2 * n, 1024), M=self.hnsw_m, ef_construction=self.hnsw_ef_construction, allow_replace_deleted=False)
-        index.set_ef(self.hnsw_ef)
-        if n:
-            index.add_items(vectors, ids, num_threads=-1)  # a rebuild may use every core
-        return index
-
-    def _write_index_files(self, index, generation: int, count: int, guard=None) -> None:
+    def _write_index_files(self, index: HnswIndex, generation: int, count: int, guard=None) -> None:
         """Atomic save: write beside (under a name of this process and thread), rename, then the stamp.
 
         ``guard`` is held only while hnswlib writes the file.
@@ -507,7 +498,7 @@ class Gallery(GalleryCounts):
         tag = f".{os.getpid()}.{threading.get_ident()}.tmp"
         tmp = path.with_name(path.name + tag)
         with guard or nullcontext():
-            index.save_index(str(tmp))
+            index.save(tmp)
         digest = _digest(tmp)
         os.replace(tmp, path)
         stamp = {"generation": generation, "model_id": self.model_id, "count": count, "dim": self.dim, "digest": digest}
@@ -608,35 +599,23 @@ class Gallery(GalleryCounts):
         self._names[person_id] = name
         with self._index_lock.write():
             self._table.append(ids, person_id, vectors)
-            if self.ann_index == "pq":
-                self._index.add(vectors, ids)
-                self._rebuild_pq_if_needed()
-                return
-            cap = self._index.get_max_elements()
-            need = self._index.get_current_count() + len(ids)
-            if need > cap:
-                self._index.resize_index(max(need, 2 * cap))
-            self._index.add_items(vectors, ids, num_threads=1)
+            self._index.add(vectors, ids)
+            self._rebuild_if_needed()
 
     def _index_remove(self, person_id: int) -> bool:
         """Drop a person's faces from memory and the index; True if there were any."""
         with self._index_lock.write():
             ids = self._table.remove_person(person_id)
-            if len(ids) and self.ann_index == "pq":
-                self._index.forget(len(ids))
-                self._rebuild_pq_if_needed()
-            elif len(ids):
-                # hnswlib keeps a deleted element's vector in the file: overwrite it with noise first.
-                noise = np.random.default_rng().standard_normal((len(ids), self.dim)).astype(np.float32)
-                self._index.add_items(noise / np.linalg.norm(noise, axis=1, keepdims=True), ids, num_threads=1)
-                for fid in ids.tolist():
-                    self._index.mark_deleted(int(fid))
+            if len(ids):
+                self._index.remove(ids)
+                self._rebuild_if_needed()
         self._names.pop(person_id, None)
         return bool(len(ids))
 
-    def _rebuild_pq_if_needed(self) -> None:
+    def _rebuild_if_needed(self) -> None:
         """Under the index write lock: a new PQ index once a tenth of it is deleted faces (their codes then
-        leave memory), or when the gallery has doubled since the codebooks were trained (up to 65k faces)."""
+        leave memory), or when the gallery has doubled since the codebooks were trained (up to 65k faces);
+        an HNSW graph never asks."""
         if self._index.needs_rebuild():
             ids, _, vectors = self._table.view()
             self._index = self._build_index(vectors, ids)
@@ -844,8 +823,8 @@ class Gallery(GalleryCounts):
     def search(self, query: np.ndarray, k: int = 5, *, exact: bool | None = None) -> list[Neighbour]:
         """The ``k`` faces most similar (cosine) to ``query``, nearest first.
 
-        Exact search reads a snapshot with no lock; HNSW search shares a read lock with the index
-        saver, so neither a save nor another query ever blocks it.
+        Exact search reads a snapshot with no lock; an index search shares a read lock with the index
+        saver, so neither a save nor another query ever blocks it, and re-ranks its candidates exactly.
         """
         q = np.asarray(query, dtype=np.float32).reshape(-1)
         if q.shape[0] != self.dim:
@@ -864,26 +843,14 @@ class Gallery(GalleryCounts):
             top = np.argpartition(-sims, k - 1)[:k] if k < n else np.arange(n)
             top = top[np.lexsort((ids[top], -sims[top]))]  # ties to the older face, as below
             hits = [(int(ids[i]), float(sims[i]), int(persons[i])) for i in top]
-        elif self.ann_index == "pq":
-            with self._index_lock.read():
-                found = self._index.candidates(q, k * self.pq_rerank)
-            rows, top_sims = exact_top(q, found, ids, vectors, k)  # on the snapshot: deleted faces are not in it
-            hits = [(int(ids[i]), float(s), int(persons[i])) for i, s in zip(rows, top_sims)]
         else:
             with self._index_lock.read():
-                k = min(k, self._table.n)
-                if k == 0:
-                    return []
-                labels, dists = self._index.knn_query(q[None], k=k)
-            # Face ids only grow and are kept in order, so a label's owner is found by bisection in the
-            # snapshot; a face added after the snapshot falls outside it and is skipped.
-            pos = np.searchsorted(ids, labels[0])
-            hits = [
-                (int(f), 1.0 - float(d), int(persons[i]) if i < n and ids[i] == f else None)
-                for f, d, i in zip(labels[0], dists[0], pos)
-            ]
-            hits.sort(key=lambda h: (-h[1], h[0]))  # equal similarities in a fixed order, whatever the graph
-        return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid is not None and pid in names]
+                found = self._index.candidates(q, k * self._depth)
+            # Re-ranked exactly on the snapshot (face ids ascend: found by bisection), ties to the older face:
+            # a face deleted, or added after the snapshot, is not in it and is dropped.
+            rows, top_sims = exact_top(q, found, ids, vectors, k)
+            hits = [(int(ids[i]), float(s), int(persons[i])) for i, s in zip(rows, top_sims)]
+        return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid in names]
 
     def close(self) -> None:
         self._closing = True

@@ -85,9 +85,10 @@ class PQIndex:
                 self._shards[k].add_with_ids(np.ascontiguousarray(vectors[part]), np.ascontiguousarray(ids[part]))
         self._next = (self._next + len(ids)) % n
 
-    def forget(self, n: int) -> None:
-        """``n`` faces were deleted from the gallery (their codes remain until the next rebuild)."""
-        self.stale += n
+    def remove(self, ids: np.ndarray) -> None:
+        """The faces ``ids`` were deleted from the gallery: their codes remain until the next rebuild (the
+        gallery drops them from the candidates), counted towards it."""
+        self.stale += len(ids)
 
     def needs_rebuild(self, stale_fraction: float = 0.1) -> bool:
         """Too many deleted faces among the candidates, or codebooks trained on too few faces."""

@@ -1,4 +1,4 @@
-"""Encryption at rest: with a key, no file of the data directory holds a face vector or crop in the clear."""
+"""Encryption at rest: with a key, no file of the data directory holds a face vector, a crop or a name in the clear."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from facegate.encryption import new_key
-from facegate.errors import EncryptionError
+from facegate.errors import EncryptionError, PersonExistsError
 from facegate.gallery import Gallery, NewFace
 
 DIM = 128
@@ -42,15 +42,48 @@ def test_sealed_gallery_keeps_nothing_in_the_clear(tmp_path):
     assert g.search(faces[0].embedding, 1)[0].person_id == p.id  # HNSW, in memory
     assert g.face_crop(p.faces[0].id) == faces[0].crop_jpeg
     g.close()
-    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP]
+    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP, b"Sealed Person", b"sealed person"]
     assert not _files_contain(tmp_path, needles)
     assert not (tmp_path / "faces.hnsw").exists()
 
     again = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", encryption_key=key)
     try:
-        assert [n.person_id for n in again.search(faces[2].embedding, 1)] == [p.id]
+        assert [(n.person_id, n.name) for n in again.search(faces[2].embedding, 1)] == [(p.id, "Sealed Person")]
+        # Names are still found and kept unique regardless of case, through their keyed hash.
+        assert again.find_person("SEALED person").id == p.id and again.find_person("Sealed") is None
+        with pytest.raises(PersonExistsError):
+            again.add_person("sealed PERSON", _faces(np.random.default_rng(5), 1), "m")
+        assert [q.name for q in again.list_people()] == ["Sealed Person"]
+        assert [q.name for q, _ in again.export()] == ["Sealed Person"] == [again.get_person(p.id).name]
     finally:
         again.close()
+
+
+def test_a_gallery_sealed_before_names_were_has_them_sealed_when_opened(tmp_path):
+    """Galleries encrypted by earlier versions kept names in the clear: the first open with the key
+    seals them in place (and scrubs the file), and lookups go on working."""
+    import sqlite3
+
+    key = new_key()
+    faces = _faces(np.random.default_rng(6), 2)
+    g = Gallery(tmp_path, "m", DIM, encryption_key=key)
+    p = g.add_person("Early Bird", faces, "m")
+    g.close()
+    con = sqlite3.connect(tmp_path / "gallery.sqlite3")  # back to the earlier format: plain names, no flag
+    con.execute("UPDATE people SET name = 'Early Bird', name_key = 'early bird'")
+    con.execute("DELETE FROM meta WHERE key = 'names'")
+    con.commit()
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    assert _files_contain(tmp_path, [b"Early Bird"])
+
+    again = Gallery(tmp_path, "m", DIM, encryption_key=key)
+    try:
+        assert again.find_person("early BIRD").id == p.id
+        assert again.search(faces[1].embedding, 1)[0].name == "Early Bird"
+    finally:
+        again.close()
+    assert not _files_contain(tmp_path, [b"Early Bird", b"early bird"])
 
 
 @pytest.mark.parametrize("given", [None, "wrong", "malformed"])
@@ -69,8 +102,8 @@ def test_cli_seals_an_existing_plain_gallery(tmp_path):
     g = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", save_delay_s=0.0)
     p = g.add_person("Plain Person", faces, "m")
     g.close()
-    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP]
-    assert _files_contain(tmp_path, needles), "a plain gallery stores vectors as they are"
+    needles = [f.embedding.tobytes()[:32] for f in faces] + [CROP, b"Plain Person"]
+    assert all(_files_contain(tmp_path, [n]) for n in needles), "a plain gallery stores vectors and names as they are"
     key = new_key()
     with pytest.raises(EncryptionError, match="gallery encrypt"):
         Gallery(tmp_path, "m", DIM, encryption_key=key)
@@ -85,6 +118,7 @@ def test_cli_seals_an_existing_plain_gallery(tmp_path):
     sealed = Gallery(tmp_path, "m", DIM, exact_search_max=0, encryption_key=key)
     try:
         assert sealed.search(faces[1].embedding, 1)[0].person_id == p.id
+        assert sealed.find_person("PLAIN person").id == p.id
         assert sealed.audit_log(5)[0].action == "encrypt"
     finally:
         sealed.close()
@@ -102,8 +136,8 @@ def test_server_with_a_key_recognises_and_leaves_no_plain_face(start_server, tmp
     s.stop()
     import base64
 
-    needles = [base64.b64decode(v)[:32] for v in vectors] + [crop[-64:]]
-    assert len(needles) == 4 and not _files_contain(tmp_path / "sealed", needles)
+    needles = [base64.b64decode(v)[:32] for v in vectors] + [crop[-64:], b"Eileen Collins", b"eileen collins"]
+    assert len(needles) == 6 and not _files_contain(tmp_path / "sealed", needles)
     s2 = start_server(tmp_path / "sealed", env={"FACEGATE_ENCRYPTION_KEY": key, "FACEGATE_EXACT_SEARCH_MAX": "0"})
     with s2.client() as c:
         assert c.post("/predict", json=predict).json()["user_name"] == "Eileen Collins"

@@ -120,7 +120,7 @@ class Settings(BaseSettings):
     encryption_key: str | None = Field(
         None,
         repr=False,
-        description="Fernet key sealing face vectors and crops at rest (set FACEGATE_ENCRYPTION_KEY; never store it beside the data).",
+        description="Fernet key sealing face vectors, crops and names at rest (set FACEGATE_ENCRYPTION_KEY; never store it beside the data).",
     )
 
     # ---- gallery backend (issue 8, README "Scaling out")

@@ -1,10 +1,13 @@
-"""Encryption at rest of face vectors and crops (optional), with a key from the environment.
+"""Encryption at rest of face vectors, crops and names (optional), with a key from the environment.
 
 Threat model: a copy of the data directory (a stolen disk, a backup, a leaked file) must not yield
-anyone's face. Fernet (AES-128-CBC with HMAC-SHA256, from ``cryptography``) seals each vector and
-each crop; a wrong key fails loudly instead of producing garbage. Not protected: names, times and
-the audit log (needed in the clear for lookups), and anyone who can read the server's memory or
-environment, where the key lives while it runs.
+anyone's face, nor the list of who is enrolled. Fernet (AES-128-CBC with HMAC-SHA256, from
+``cryptography``) seals each vector, each crop and each name; a wrong key fails loudly instead of
+producing garbage. A name is found (and kept unique) through a keyed hash of its case-folded form
+(HMAC-SHA256 under a key derived from the same key): equal names give equal hashes, which SQL can
+index, while the hash shows nothing without the key. Not protected: times, counts and the audit log
+(person ids and counts, no names), and anyone who can read the server's memory or environment, where
+the key lives while it runs.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Sealer:
     def __init__(self, key: str | None) -> None:
         self._fernet: Fernet | None = None
         self.fingerprint: str | None = None
+        self._name_key: bytes | None = None
         if key:
             try:
                 self._fernet = Fernet(key.encode() if isinstance(key, str) else key)
@@ -38,6 +42,7 @@ class Sealer:
                 ) from None
             # Identifies the key without revealing it, so a wrong key is named as such at open.
             self.fingerprint = hmac.new(key.encode(), b"facegate gallery key", hashlib.sha256).hexdigest()[:16]
+            self._name_key = hmac.new(key.encode(), b"facegate name index", hashlib.sha256).digest()
 
     @property
     def active(self) -> bool:
@@ -54,4 +59,19 @@ class Sealer:
         try:
             return self._fernet.decrypt(data)
         except InvalidToken:
-            raise EncryptionError("a stored face could not be decrypted: wrong key, or the data is damaged") from None
+            raise EncryptionError("a stored face or name could not be decrypted: wrong key, or the data is damaged") from None
+
+    def seal_text(self, text: str) -> str:
+        """A name as stored: a Fernet token (ASCII) with a key, else the text itself."""
+        return text if self._fernet is None else self._fernet.encrypt(text.encode()).decode("ascii")
+
+    def open_text(self, stored: str) -> str:
+        if self._fernet is None:
+            return stored
+        return self.open(stored.encode("ascii")).decode()
+
+    def blind(self, text: str) -> str:
+        """The lookup form of a (case-folded) name: a keyed hash with a key, else the text itself."""
+        if self._name_key is None:
+            return text
+        return hmac.new(self._name_key, text.encode(), hashlib.sha256).hexdigest()

@@ -128,8 +128,17 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFC", name.casefold())
 
 
-def _person_id_by_name(db: sqlite3.Connection | sqlite3.Cursor, name: str) -> int | None:
-    row = db.execute("SELECT id FROM people WHERE name_key = ?", (name_key(name),)).fetchone()
+def _seal_names(cur: sqlite3.Cursor, sealer: Sealer) -> int:
+    """Every person's name sealed and their lookup key hashed, in the caller's transaction; the count."""
+    rows = cur.execute("SELECT id, name FROM people").fetchall()
+    for pid, name in rows:
+        cur.execute("UPDATE people SET name = ?, name_key = ? WHERE id = ?", (sealer.seal_text(name), sealer.blind(name_key(name)), pid))
+    cur.execute("INSERT OR REPLACE INTO meta VALUES ('names', 'sealed')")
+    return len(rows)
+
+
+def _person_id_by_key(db: sqlite3.Connection | sqlite3.Cursor, key: str) -> int | None:
+    row = db.execute("SELECT id FROM people WHERE name_key = ?", (key,)).fetchone()
     return int(row[0]) if row else None
 
 
@@ -326,10 +335,12 @@ class Gallery(GalleryCounts):
                     if stmt.strip():
                         cur.execute(stmt)
                 cur.execute(audit.AUDIT_SCHEMA)
-                self._check_encryption(cur)
+                scrub = self._check_encryption(cur)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._check_model(cur)
+            if scrub:
+                self._scrub()
             self.index_rebuilt = False
             #: Full reloads from the database (the first load included); catching up from the change log is not one.
             self.full_loads = 0
@@ -394,7 +405,9 @@ class Gallery(GalleryCounts):
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('model_id', ?)", (self.model_id,))
             cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(self.dim),))
 
-    def _check_encryption(self, cur: sqlite3.Cursor) -> None:
+    def _check_encryption(self, cur: sqlite3.Cursor) -> bool:
+        """Refuse a missing or wrong key; True when this open sealed the names of a gallery encrypted
+        before names were (its plain pages are then scrubbed, after the transaction)."""
         row = cur.execute("SELECT value FROM meta WHERE key = 'encryption'").fetchone()
         fp = self._sealer.fingerprint
         if row is not None:
@@ -404,13 +417,30 @@ class Gallery(GalleryCounts):
                 )
             if row[0] != fp:
                 raise EncryptionError(f"FACEGATE_ENCRYPTION_KEY is not the key the gallery in {self.data_dir} was sealed with")
+            if cur.execute("SELECT 1 FROM meta WHERE key = 'names' AND value = 'sealed'").fetchone() is None:
+                n = _seal_names(cur, self._sealer)
+                log.info("sealed the names of %d people (a gallery encrypted before names were)", n)
+                return True
         elif fp is not None:
-            if cur.execute("SELECT 1 FROM faces LIMIT 1").fetchone() is not None:
+            if cur.execute("SELECT 1 FROM faces UNION ALL SELECT 1 FROM people LIMIT 1").fetchone() is not None:
                 raise EncryptionError(
                     f"the gallery in {self.data_dir} holds unencrypted faces: seal them first with "
                     "`facegate gallery encrypt` (with FACEGATE_ENCRYPTION_KEY set)"
                 )
             cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (fp,))
+            cur.execute("INSERT INTO meta VALUES ('names', 'sealed')")
+        return False
+
+    def _scrub(self) -> None:
+        """After sealing in place: the plain pages are overwritten (secure_delete); checkpoint and
+        rebuild the file so that none survive."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.execute("VACUUM")
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _lookup_key(self, name: str) -> str:
+        """The ``name_key`` column's value for ``name``: its case-folded form, keyed-hashed when sealed."""
+        return self._sealer.blind(name_key(name))
 
     @property
     def encrypted(self) -> bool:
@@ -431,7 +461,7 @@ class Gallery(GalleryCounts):
             self._db.execute("BEGIN")
             try:
                 rows = self._db.execute("SELECT f.id, f.person_id, f.embedding FROM faces f ORDER BY f.id").fetchall()
-                self._names = dict(self._db.execute("SELECT id, name FROM people").fetchall())
+                self._names = {pid: self._sealer.open_text(n) for pid, n in self._db.execute("SELECT id, name FROM people")}
                 generation = self._generation()
             finally:
                 self._db.execute("COMMIT")
@@ -579,7 +609,7 @@ class Gallery(GalleryCounts):
             if op == "add" and added[gen]:  # rows gone already: deleted by a later change
                 rows = added[gen]
                 vecs = np.vstack([np.frombuffer(self._sealer.open(r[1]), dtype=np.float32) for r in rows])
-                self._index_add([r[0] for r in rows], pid, rows[0][2], vecs)
+                self._index_add([r[0] for r in rows], pid, self._sealer.open_text(rows[0][2]), vecs)
             elif op == "delete":
                 removed |= self._index_remove(pid)
         self._after_write(target)
@@ -657,7 +687,7 @@ class Gallery(GalleryCounts):
     def ensure_name_free(self, name: str) -> None:
         """Raise ``PersonExistsError`` if ``name`` is taken (checked again inside the enrolment transaction)."""
         with self._lock:
-            existing = _person_id_by_name(self._db, name)
+            existing = _person_id_by_key(self._db, self._lookup_key(name))
         if existing is not None:
             raise PersonExistsError(
                 f"{name!r} is already enrolled (id {existing}); add faces with POST /v1/people/{existing}/faces",
@@ -672,7 +702,10 @@ class Gallery(GalleryCounts):
             self._sync()
             with self._tx() as cur:
                 self.ensure_name_free(name)
-                cur.execute("INSERT INTO people (name, name_key, created_at) VALUES (?, ?, ?)", (name, name_key(name), _now()))
+                cur.execute(
+                    "INSERT INTO people (name, name_key, created_at) VALUES (?, ?, ?)",
+                    (self._sealer.seal_text(name), self._lookup_key(name), _now()),
+                )
                 pid = int(cur.lastrowid)
                 fids = self._insert_faces(cur, pid, faces, vecs, model_id)
                 audit.record(cur, audit.ENROLL, pid, faces=len(fids))
@@ -691,7 +724,7 @@ class Gallery(GalleryCounts):
                 fids = self._insert_faces(cur, person_id, faces, vecs, model_id)
                 audit.record(cur, audit.ADD_FACES, person_id, faces=len(fids))
                 gen = self._bump(cur, ("add", person_id, fids[0], fids[-1]))
-            self._apply_add(fids, person_id, row[0], vecs, gen)
+            self._apply_add(fids, person_id, self._sealer.open_text(row[0]), vecs, gen)
             return self.get_person(person_id)
 
     def delete_person(self, person_id: int) -> Person:
@@ -743,7 +776,7 @@ class Gallery(GalleryCounts):
             self._load()
 
     def seal_existing(self, key: str) -> int:
-        """Encrypt an unencrypted gallery's vectors and crops in place, in one transaction; returns the faces sealed."""
+        """Encrypt an unencrypted gallery's vectors, crops and names in place, in one transaction; returns the faces sealed."""
         sealer = Sealer(key)
         with self._lock:
             self._sync()
@@ -753,12 +786,10 @@ class Gallery(GalleryCounts):
                 rows = cur.execute("SELECT id, embedding, crop FROM faces").fetchall()
                 for fid, emb, crop in rows:
                     cur.execute("UPDATE faces SET embedding = ?, crop = ? WHERE id = ?", (sealer.seal(emb), sealer.seal(crop), fid))
+                people = _seal_names(cur, sealer)
                 cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (sealer.fingerprint,))
-                audit.record(cur, audit.ENCRYPT, None, faces=len(rows))
-            # The plain pages are overwritten (secure_delete); checkpoint and rebuild the file so none survive.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._db.execute("VACUUM")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                audit.record(cur, audit.ENCRYPT, None, faces=len(rows), people=people)
+            self._scrub()
             self._sealer, self._persist_index = sealer, False
             for f in (INDEX_NAME, INDEX_META):
                 (self.data_dir / f).unlink(missing_ok=True)
@@ -784,7 +815,9 @@ class Gallery(GalleryCounts):
                     faces.setdefault(f[1], []).append((f[0], f[2], f[3], self._sealer.open(f[4])))
             finally:
                 self._db.execute("COMMIT")
-        return [(Person(p[0], p[1], p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people]
+        return [
+            (Person(p[0], self._sealer.open_text(p[1]), p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people
+        ]
 
     # ------------------------------------------------------------------ reads
     def get_person(self, person_id: int) -> Person:
@@ -795,18 +828,19 @@ class Gallery(GalleryCounts):
             faces = self._db.execute(
                 "SELECT id, source, created_at, crop IS NOT NULL FROM faces WHERE person_id = ? ORDER BY id", (person_id,)
             ).fetchall()
-        return Person(row[0], row[1], row[2], len(faces), tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces))
+        faces_ = tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces)
+        return Person(row[0], self._sealer.open_text(row[1]), row[2], len(faces), faces_)
 
     def find_person(self, name: str) -> Person | None:
         with self._lock:
-            pid = _person_id_by_name(self._db, clean_name(name, 10_000))
+            pid = _person_id_by_key(self._db, self._lookup_key(clean_name(name, 10_000)))
         return self.get_person(pid) if pid is not None else None
 
     def list_people(self) -> list[Person]:
         with self._lock:
             people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
             counts = dict(self._db.execute("SELECT person_id, COUNT(*) FROM faces GROUP BY person_id").fetchall())
-        return [Person(p[0], p[1], p[2], counts.get(p[0], 0)) for p in people]
+        return [Person(p[0], self._sealer.open_text(p[1]), p[2], counts.get(p[0], 0)) for p in people]
 
     def face_crop(self, face_id: int) -> bytes | None:
         with self._lock:

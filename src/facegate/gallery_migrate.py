@@ -25,7 +25,7 @@ from . import audit
 from .cli_common import ConfigOpt
 from .encryption import Sealer
 from .errors import FaceGateError
-from .gallery import DB_NAME, INDEX_META, INDEX_NAME, Gallery
+from .gallery import DB_NAME, INDEX_META, INDEX_NAME, Gallery, name_key
 from .gallery_pg import PgGallery, _audit, as_vector, is_postgres_url, redact
 
 BATCH = 1000
@@ -74,7 +74,13 @@ def read_sqlite(data_dir: Path, encryption_key: str | None) -> Dump:
         dim = int(meta["dim"])
         d = Dump(meta["model_id"], dim)
         con.execute("BEGIN")  # one consistent snapshot
-        d.people = [tuple(r) for r in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id")]
+        if meta.get("names") == "sealed":  # names and their lookup keys in the clear, as every destination holds them
+            d.people = []
+            for pid, name, _, at in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id"):
+                plain = sealer.open_text(name)
+                d.people.append((pid, plain, name_key(plain), at))
+        else:
+            d.people = [tuple(r) for r in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id")]
         for fid, pid, model, emb, crop, source, at in con.execute(
             "SELECT id, person_id, model_id, embedding, crop, source, created_at FROM faces ORDER BY id"
         ):
@@ -186,7 +192,10 @@ def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: 
         try:
             if con.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]:
                 raise MigrationError(f"the destination {data_dir} already holds API keys: migrate into an empty data directory")
-            con.executemany("INSERT INTO people (id, name, name_key, created_at) VALUES (?, ?, ?, ?)", d.people)
+            con.executemany(
+                "INSERT INTO people (id, name, name_key, created_at) VALUES (?, ?, ?, ?)",
+                [(i, sealer.seal_text(n), sealer.blind(k), at) for i, n, k, at in d.people],
+            )
             for chunk in _batches(d.faces):
                 con.executemany(
                     "INSERT INTO faces (id, person_id, model_id, embedding, crop, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -72,8 +72,32 @@ def strategies(p: Pipeline) -> dict:
         except NoFaceError:
             return None, None
 
+    mesh = None
+
+    def facemesh(context: float):  # MediaPipe FaceMesh (478 points, irises refined) on the crop padded by context: its five template points
+        def run(im, eyes=None):
+            nonlocal mesh
+            if mesh is None:
+                import mediapipe as mp
+
+                mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1)
+            h, w = im.shape[:2]
+            pad = round(context * max(h, w))
+            found = mesh.process(np.ascontiguousarray(np.pad(im, ((pad, pad), (pad, pad), (0, 0)))))
+            if not found.multi_face_landmarks:
+                return None, None
+            lm = found.multi_face_landmarks[0].landmark
+            pts = np.array([(lm[i].x * (w + 2 * pad) - pad, lm[i].y * (h + 2 * pad) - pad) for i in (468, 473, 1, 61, 291)])
+            eyes, mouth = pts[np.argsort(pts[:2, 0])], pts[3:][np.argsort(pts[3:, 0])]  # in the image's left-to-right order
+            five = np.vstack([eyes, pts[2:3], mouth])
+            face = Face(box=(*five.min(axis=0), *five.max(axis=0)), score=1.0, keypoints=five)
+            return face, face
+
+        return run
+
     return {
         "served: Pipeline.locate(crop=True)": served,
+        "facemesh(0.4)": facemesh(0.4),
         "eyes_window(0.6,192)": eyes_window,
         "unpadded_first(0.6,192)": unpadded_first,
         "yunet_direct(0.3)": yunet_direct(0.3),

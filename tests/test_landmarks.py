@@ -68,6 +68,23 @@ def test_landmarks_near_a_blazeface_box(yunet, detector, astronaut):
     assert np.abs(near.keypoints[:2] - whole.keypoints[:2]).max() < 4.0
 
 
+def test_landmarks_near_in_a_large_photo_and_at_its_edge(yunet, detector, astronaut):
+    """The window around a face in a 3x photo (halved twice, then scaled) and around a face cut by the
+    photo's edge (the window padded with black beyond it) gives the points of the plain case, mapped
+    back to the photo's pixels."""
+    img = np.ascontiguousarray(astronaut)
+    blaze = detector.detect(img)[0]
+    ref = yunet.landmarks_near(img, blaze).keypoints
+    iod = float(np.linalg.norm(ref[1] - ref[0]))
+    big = cv2.resize(img, None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+    near = yunet.landmarks_near(big, blaze.scaled(3, 3, 0, 0))
+    assert near is not None and np.abs(near.keypoints - 3 * ref).max() < 0.05 * 3 * iod
+    x1, y1, x2, y2 = blaze.box
+    cut = np.ascontiguousarray(img[int(y1) - 20 :, int(x1) - 10 :])  # the window leaves it at the top and left
+    near = yunet.landmarks_near(cut, blaze.shifted(-(int(x1) - 10), -(int(y1) - 20)))
+    assert near is not None and np.abs(near.keypoints - (ref - [int(x1) - 10, int(y1) - 20])).max() < 0.05 * iod
+
+
 def test_face_filling_a_crop_maps_its_points_back_to_the_crop(yunet, detector, astronaut):
     """YuNet on a scaled, padded face crop: its points in the crop's pixels, for square and oblong crops,
     a crop smaller than the window (scaled up) and a large one (halved, then scaled), as YuNet puts them

@@ -244,20 +244,31 @@ class YuNetDetector:
         """YuNet's face for a face another detector found: run on a padded crop around its box, scaled to ``side``.
 
         Returns the YuNet face whose box overlaps ``face`` most (IoU >= 0.3), in the image's pixels, or None.
+        The part of the window inside the image is scaled (``shrink``: a large photo's face costs
+        halvings, not area averaging at an odd ratio: 7.2 -> 1.8 ms for a 585-px face), then padded
+        with black where the window leaves the image.
         """
         h, w = rgb.shape[:2]
         x1, y1, x2, y2 = face.box
         m = context * max(x2 - x1, y2 - y1)
         left, top = int(np.floor(x1 - m)), int(np.floor(y1 - m))
         right, bottom = int(np.ceil(x2 + m)), int(np.ceil(y2 + m))
-        crop = np.zeros((bottom - top, right - left, 3), np.uint8)
         sx1, sy1, sx2, sy2 = max(0, left), max(0, top), min(w, right), min(h, bottom)
         if sx2 <= sx1 or sy2 <= sy1:
             return None
-        crop[sy1 - top : sy2 - top, sx1 - left : sx2 - left] = rgb[sy1:sy2, sx1:sx2]
-        s = side / max(crop.shape[:2])
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        return _overlapping([f.shifted(left, top, 1 / s) for f in self.detect(crop)], face.box)
+        s = side / max(right - left, bottom - top)
+        inside = rgb[sy1:sy2, sx1:sx2]
+        size = (max(1, round((sx2 - sx1) * s)), max(1, round((sy2 - sy1) * s)))
+        if s < 1:
+            small, (sw, sh) = shrink(inside, *size)
+        else:
+            small, (sw, sh) = cv2.resize(inside, size, interpolation=cv2.INTER_LINEAR), (sx2 - sx1, sy2 - sy1)
+        ax, ay = small.shape[1] / sw, small.shape[0] / sh
+        pl, pt = round((sx1 - left) * s), round((sy1 - top) * s)
+        pr = max(0, round((right - left) * s) - pl - small.shape[1])
+        pb = max(0, round((bottom - top) * s) - pt - small.shape[0])
+        window = cv2.copyMakeBorder(small, pt, pb, pl, pr, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        return _overlapping([f.scaled(1 / ax, 1 / ay, sx1 - pl / ax, sy1 - pt / ay) for f in self.detect(window)], face.box)
 
 
 def shrink(img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -245,8 +245,8 @@ class YuNetDetector:
 
         Returns the YuNet face whose box overlaps ``face`` most (IoU >= 0.3), in the image's pixels, or None.
         The part of the window inside the image is scaled (``shrink``: a large photo's face costs
-        halvings, not area averaging at an odd ratio: 7.2 -> 1.8 ms for a 585-px face), then padded
-        with black where the window leaves the image.
+        halvings and a last area-averaging step under 2x, not area averaging of the whole window at
+        an odd ratio), then padded with black where the window leaves the image.
         """
         h, w = rgb.shape[:2]
         x1, y1, x2, y2 = face.box
@@ -260,7 +260,7 @@ class YuNetDetector:
         inside = rgb[sy1:sy2, sx1:sx2]
         size = (max(1, round((sx2 - sx1) * s)), max(1, round((sy2 - sy1) * s)))
         if s < 1:
-            small, (sw, sh) = shrink(inside, *size)
+            small, (sw, sh) = shrink(inside, *size, rest=cv2.INTER_AREA)
         else:
             small, (sw, sh) = cv2.resize(inside, size, interpolation=cv2.INTER_LINEAR), (sx2 - sx1, sy2 - sy1)
         ax, ay = small.shape[1] / sw, small.shape[0] / sh
@@ -271,14 +271,15 @@ class YuNetDetector:
         return _overlapping([f.scaled(1 / ax, 1 / ay, sx1 - pl / ax, sy1 - pt / ay) for f in self.detect(window)], face.box)
 
 
-def shrink(img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, tuple[int, int]]:
+def shrink(img: np.ndarray, w: int, h: int, rest: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, tuple[int, int]]:
     """``img`` scaled to ``w`` x ``h`` (not larger), and the width and height of ``img`` it stands for.
 
     OpenCV's area averaging is fast only at a ratio of 2 (SIMD) and slow at any other (135 / 220 /
     370 / 770 us for a 144 / 220 / 320 / 500 px crop scaled to 107 px): so the image is halved by area
     averaging while it is at least twice the size wanted (its last row or column dropped where odd,
     hence the size returned), and scaled bilinearly the rest of the way, by less than 2, where
-    bilinear sampling skips no pixel: 24 / 36 / 50 / 104 us.
+    bilinear sampling skips no pixel: 24 / 36 / 50 / 104 us. ``rest``: the interpolation of that last
+    step (the photo path keeps area averaging there, with which its accuracy tables were measured).
     """
     k = 1
     while img.shape[1] >= 2 * w and img.shape[0] >= 2 * h:
@@ -287,7 +288,7 @@ def shrink(img: np.ndarray, w: int, h: int) -> tuple[np.ndarray, tuple[int, int]
         k *= 2
     stands_for = (img.shape[1] * k, img.shape[0] * k)
     if img.shape[1] != w or img.shape[0] != h:
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        img = cv2.resize(img, (w, h), interpolation=rest)
     return img, stands_for
 
 

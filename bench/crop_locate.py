@@ -88,8 +88,8 @@ def strategies(p: Pipeline) -> dict:
                 return None, None
             lm = found.multi_face_landmarks[0].landmark
             pts = np.array([(lm[i].x * (w + 2 * pad) - pad, lm[i].y * (h + 2 * pad) - pad) for i in (468, 473, 1, 61, 291)])
-            eyes, mouth = pts[np.argsort(pts[:2, 0])], pts[3:][np.argsort(pts[3:, 0])]  # in the image's left-to-right order
-            five = np.vstack([eyes, pts[2:3], mouth])
+            eye_pts, mouth = pts[np.argsort(pts[:2, 0])], pts[3:][np.argsort(pts[3:, 0])]  # in the image's left-to-right order
+            five = np.vstack([eye_pts, pts[2:3], mouth])
             face = Face(box=(*five.min(axis=0), *five.max(axis=0)), score=1.0, keypoints=five)
             return face, face
 

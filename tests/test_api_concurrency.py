@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+import pytest
 
 from conftest import b64
 
@@ -48,6 +50,25 @@ def test_concurrent_predicts_and_enrolments(server, astronaut_payloads, astronau
         assert people["count"] == 9
         assert sorted(p["name"] for p in people["people"] if p["name"].startswith("Twin")) == [f"Twin {i}" for i in range(8)]
         assert http.get("/healthz").json()["gallery"]["faces"] == 3 + 8 * 3
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is a Linux scheduling policy")
+def test_every_server_thread_runs_under_sched_batch(server, astronaut_payloads):
+    """Threads started before the models loaded and after (the event loop, its worker pool, the model
+    threads, onnxruntime's): none may preempt a model call when it wakes (``batch_scheduling``)."""
+    _, predict = astronaut_payloads
+    with server.client() as http:  # a lone call and concurrent ones: every kind of thread has run
+        assert http.post("/predict", json=predict).status_code == 200
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            assert set(pool.map(lambda _: http.post("/predict", json=predict).status_code, range(12))) == {200}
+    policies = {}
+    for tid in os.listdir(f"/proc/{server.proc.pid}/task"):
+        try:
+            policies[int(tid)] = os.sched_getscheduler(int(tid))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+    assert len(policies) >= 12, policies  # 8 request workers, 2 model threads, the event loop, ...
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
 
 
 def test_over_capacity_is_a_prompt_503_with_retry_after(start_server, astronaut_payloads):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -238,7 +239,8 @@ def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_mod
         assert cli.embedder.base._lane is None and cli.batcher is None
     finally:
         cli.close()
-    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server", inference_threads=2), batching=True)
+    # batch_scheduling off: this test process keeps its policy (the server's is tested in test_api_concurrency)
+    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server", inference_threads=2, batch_scheduling=False), batching=True)
     try:
         model = server.embedder.base
         assert model._session.get_session_options().intra_op_num_threads == 2
@@ -261,6 +263,8 @@ def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_mod
         assert blas and all(p["num_threads"] == 1 for p in blas)
         assert cv2.getNumThreads() == 1
         assert sys.getswitchinterval() == pytest.approx(SERVER_SWITCH_INTERVAL_S) and SERVER_SWITCH_INTERVAL_S < 0.005
+        if hasattr(os, "SCHED_BATCH"):
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
     finally:
         server.close()
         sys.setswitchinterval(0.005)

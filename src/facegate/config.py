@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         0.7, gt=0.0, description="Refuse (503) a request whose queued work ahead would exceed this, at the model's pace."
     )
     workers: int = Field(1, ge=1, le=64, description="Server processes sharing the gallery.")
+    batch_scheduling: bool = Field(
+        True,
+        description="Run the server's threads under Linux SCHED_BATCH: a waking request thread no longer "
+        "preempts a model call (more requests/s under load; README, 'Many requests at once').",
+    )
 
     # ---- alignment landmarks and quality gate (issue 5); values chosen by `facegate eval --compare`, README "Accuracy"
     landmarks: LandmarkSource = Field(

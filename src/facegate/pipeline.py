@@ -53,10 +53,10 @@ def batch_scheduling() -> bool:
     locating and search) each woke up and preempted a model call at once, each starting on caches
     the model had just filled with its own data. Under ``SCHED_BATCH`` a waking thread waits for the
     running one's time slice to end instead: the model runs its slices out, and the small pieces run
-    later, several together, on warmer caches. 32 clients, 5 alternating runs: 57.7-61.2 -> 59.8-63.4
-    requests/s, CPU outside the model 4.6-5.2 -> 4.1-4.7 ms a request, the machine idle 1.2-2.0% ->
-    0.8-0.9% (README, "Many requests at once"). An idle machine runs a waking thread at once either
-    way: a lone request is not slowed. The policy needs no privilege and lowers no priority: the
+    later, several together, on warmer caches. ``bench/load.py --clients 32``, three alternating pairs:
+    84.0-85.0% of the model alone without, 86.0-90.5% with; CPU outside the model threads 4.6-5.2 ->
+    4.1-4.7 ms a request (README, "Many requests at once"). An idle machine runs a waking thread at
+    once either way: a lone request is not slowed. The policy needs no privilege and lowers no priority: the
     process only gives up preempting others (its own threads, or a camera client on the same box).
     """
     import os

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 from search import K, add_data_args, apply_isotropic, fmt_n, ground_truth, make_faces, malloc_trim, ms_stats, parse_size, recall, rss_bytes  # noqa: E402
 
-from facegate.pqindex import PQIndex, exact_top  # noqa: E402
+from facegate.pqindex import PQIndex, RowMap, exact_top  # noqa: E402
 
 
 def bench_index(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, reranks: list[int], adds: int) -> dict:
@@ -44,13 +44,14 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rer
     build_s = time.perf_counter() - t
     rss = rss_bytes() - rss0
     out = {"build_s": build_s, "rss_mib": rss / 2**20, "by_rerank": {}}
+    table = RowMap.build(ids)  # the gallery's id -> row map, as ``Gallery.search`` re-ranks
     for r in reranks:
         for q in queries[:20]:  # warm-up
-            exact_top(q, index.candidates(q, K * r), ids, vectors, K)
+            exact_top(q, index.candidates(q, K * r), ids, vectors, K, table)
         found, secs = np.empty((len(queries), K), np.int64), []
         for i, q in enumerate(queries):
             t = time.perf_counter_ns()
-            rows, _ = exact_top(q, index.candidates(q, K * r), ids, vectors, K)
+            rows, _ = exact_top(q, index.candidates(q, K * r), ids, vectors, K, table)
             secs.append(time.perf_counter_ns() - t)
             found[i] = rows  # rows == positions in ``vectors``, as ``truth``
         out["by_rerank"][r] = {**ms_stats(secs), "recall_at_5": recall(found, truth), "recall_at_1": float(np.mean(found[:, 0] == truth[:, 0]))}

@@ -777,3 +777,43 @@ def test_pq_index_serves_a_512_d_model(data_dir):
     probes = np.stack([near(v, rng, 0.3) for v in vecs[:40]])
     assert answers(g, probes) == answers(g, probes, exact=True)
     g.close()
+
+
+def test_exact_top_finds_rows_through_the_id_map_as_by_bisection():
+    """The id -> row map only speeds up the look-up: candidates deleted, never issued, or added after the
+    snapshot are dropped either way, and the same rows and similarities come back."""
+    rng = np.random.default_rng(21)
+    ids = np.sort(rng.choice(np.arange(1, 50_000), 20_000, replace=False)).astype(np.int64)  # gaps: deletions
+    vecs = unit(rng, len(ids))
+    table = pqindex.RowMap.build(ids)
+    assert table is not None
+    later = np.arange(ids[-1] + 1, ids[-1] + 101, dtype=np.int64)
+    assert table.add(later, len(ids))  # appended after the snapshot below was taken
+    for _ in range(50):
+        q = unit(rng, 1)[0]
+        found = np.concatenate([rng.choice(ids, 200), rng.choice(later, 20), rng.integers(-5, 60_000, 30)])
+        rng.shuffle(found)
+        by_map = pqindex.exact_top(q, found, ids, vecs, 5, table)
+        by_bisection = pqindex.exact_top(q, found, ids, vecs, 5)
+        np.testing.assert_array_equal(by_map[0], by_bisection[0])
+        np.testing.assert_array_equal(by_map[1], by_bisection[1])
+        assert len(by_map[0]) == 5 and set(ids[by_map[0]]) <= set(ids)
+    assert table.add(np.array([ids[-1] + 10**8], np.int64), len(ids) + 100) is False  # too sparse: dropped
+    assert pqindex.RowMap.build(np.array([1, 10**9], np.int64)) is None
+
+
+def test_gallery_keeps_its_id_map_through_adds_and_deletions(data_dir):
+    """The PQ search re-ranks through the gallery's id map: right after adds and after a deletion compacts
+    the arrays, its answers are the exact ones."""
+    rng = np.random.default_rng(22)
+    g = open_gallery(data_dir, exact_search_max=0, ann_index="pq")
+    people = [g.add_person(f"p{i}", faces(unit(rng, 40)), MODEL) for i in range(30)]
+    for p in people[::3]:
+        g.delete_person(p.id)
+    g.add_person("late", faces(unit(rng, 40)), MODEL)
+    rows = g._table.rows
+    ids, _, _ = g._table.view()
+    assert rows is not None and np.array_equal(rows.positions(ids), np.arange(len(ids)))
+    probes = np.stack([near(v, rng, 0.3) for v in g._table.view()[2][::37]])
+    assert answers(g, probes) == answers(g, probes, exact=True)
+    g.close()

@@ -32,7 +32,7 @@ from . import audit
 from .encryption import Sealer
 from .errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
 from .hnswindex import HnswIndex
-from .pqindex import PQIndex, exact_top
+from .pqindex import PQIndex, RowMap, exact_top
 from .rank import Neighbour
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,8 @@ class _Vectors:
         self._persons = np.zeros(cap, np.int64)
         self._vecs = np.zeros((cap, dim), np.float32)
         self._ids[: self.n], self._persons[: self.n], self._vecs[: self.n] = ids, persons, vectors
+        #: Face id -> row, for re-ranking index candidates (None: ids too sparse, bisection instead).
+        self.rows = RowMap.build(self._ids[: self.n])
 
     def view(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.n
@@ -210,6 +212,8 @@ class _Vectors:
             self._persons = grow(self._persons, (extra,))
             self._vecs = grow(self._vecs, (extra, self._vecs.shape[1]))
         self._ids[self.n : need], self._persons[self.n : need], self._vecs[self.n : need] = ids, person_id, vectors
+        if self.rows is not None and not self.rows.add(np.asarray(ids, np.int64), self.n):
+            self.rows = None
         self.n = need
 
     def remove_person(self, person_id: int) -> np.ndarray:
@@ -219,7 +223,7 @@ class _Vectors:
         if len(gone):
             keep = ~mask
             fresh = _Vectors(ids[keep], persons[keep], vecs[keep])
-            self._ids, self._persons, self._vecs, self.n = fresh._ids, fresh._persons, fresh._vecs, fresh.n
+            self._ids, self._persons, self._vecs, self.n, self.rows = fresh._ids, fresh._persons, fresh._vecs, fresh.n, fresh.rows
         return gone
 
 
@@ -866,6 +870,7 @@ class Gallery(GalleryCounts):
         with self._lock:
             self._sync()
             ids, persons, vectors = self._table.view()
+            rows = self._table.rows
             names = self._names
         n = len(ids)
         if n == 0:
@@ -880,10 +885,10 @@ class Gallery(GalleryCounts):
         else:
             with self._index_lock.read():
                 found = self._index.candidates(q, k * self._depth)
-            # Re-ranked exactly on the snapshot (face ids ascend: found by bisection), ties to the older face:
+            # Re-ranked exactly on the snapshot (rows found through the id map), ties to the older face:
             # a face deleted, or added after the snapshot, is not in it and is dropped.
-            rows, top_sims = exact_top(q, found, ids, vectors, k)
-            hits = [(int(ids[i]), float(s), int(persons[i])) for i, s in zip(rows, top_sims)]
+            top, top_sims = exact_top(q, found, ids, vectors, k, rows)
+            hits = [(int(ids[i]), float(s), int(persons[i])) for i, s in zip(top, top_sims)]
         return [Neighbour(fid, pid, names[pid], sim) for fid, sim, pid in hits if pid in names]
 
     def close(self) -> None:

@@ -240,7 +240,8 @@ def test_a_server_pipeline_keeps_helper_libraries_on_one_thread_and_runs_the_mod
     finally:
         cli.close()
     # batch_scheduling off: this test process keeps its policy (the server's is tested in test_api_concurrency)
-    server = Pipeline.from_settings(Settings(data_dir=tmp_path / "server", inference_threads=2, batch_scheduling=False), batching=True)
+    settings = Settings(data_dir=tmp_path / "server", inference_threads=2, batch_scheduling=False)
+    server = Pipeline.from_settings(settings, batching=True)
     try:
         model = server.embedder.base
         assert model._session.get_session_options().intra_op_num_threads == 2

@@ -223,7 +223,8 @@ class _Vectors:
         if len(gone):
             keep = ~mask
             fresh = _Vectors(ids[keep], persons[keep], vecs[keep])
-            self._ids, self._persons, self._vecs, self.n, self.rows = fresh._ids, fresh._persons, fresh._vecs, fresh.n, fresh.rows
+            self._ids, self._persons, self._vecs, self.rows = fresh._ids, fresh._persons, fresh._vecs, fresh.rows
+            self.n = fresh.n
         return gone
 
 

@@ -56,8 +56,9 @@ def batch_scheduling() -> bool:
     later, several together, on warmer caches. ``bench/load.py --clients 32``, three alternating pairs:
     84.0-85.0% of the model alone without, 86.0-90.5% with; CPU outside the model threads 4.6-5.2 ->
     4.1-4.7 ms a request (README, "Many requests at once"). An idle machine runs a waking thread at
-    once either way: a lone request is not slowed. The policy needs no privilege and lowers no priority: the
-    process only gives up preempting others (its own threads, or a camera client on the same box).
+    once either way: a lone request is not slowed. The policy needs no privilege and lowers no
+    priority: the process only gives up preempting others (its own threads, or a camera client on the
+    same box).
     """
     import os
 

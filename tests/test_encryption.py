@@ -55,6 +55,15 @@ def test_sealed_gallery_keeps_nothing_in_the_clear(tmp_path):
             again.add_person("sealed PERSON", _faces(np.random.default_rng(5), 1), "m")
         assert [q.name for q in again.list_people()] == ["Sealed Person"]
         assert [q.name for q, _ in again.export()] == ["Sealed Person"] == [again.get_person(p.id).name]
+        # A person another instance enrolled, not yet in this one's memory: the name is opened from the column.
+        other = Gallery(tmp_path, "m", DIM, exact_search_max=0, ann_index="hnsw", encryption_key=key)
+        try:
+            late = other.add_person("Late Comer", _faces(np.random.default_rng(7), 1), "m")
+        finally:
+            other.close()
+        assert late.id not in again._names
+        assert [q.name for q in again.list_people()] == ["Sealed Person", "Late Comer"] == [
+            again.get_person(p.id).name, again.get_person(late.id).name]
     finally:
         again.close()
 

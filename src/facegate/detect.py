@@ -223,8 +223,8 @@ class YuNetDetector:
         """The face that fills a face crop: YuNet on the crop padded with black by ``context`` x its longer
         side all round, scaled so the longer side is ``side``; None without one overlapping the crop.
 
-        The same window as ``landmarks_near`` around the whole crop (``_window``: the crop scaled, then
-        padded, at a third of the cost of scaling the padded window).
+        The same window as ``landmarks_near`` around the whole crop (``_in_window``: the crop scaled,
+        then padded, at a third of the cost of scaling the padded window).
         """
         h, w = rgb.shape[:2]
         m = context * max(h, w)

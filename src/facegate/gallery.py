@@ -443,6 +443,13 @@ class Gallery(GalleryCounts):
         self._db.execute("VACUUM")
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _name(self, person_id: int, stored: str) -> str:
+        """A person's name in the clear: the one search already keeps in memory (opened once, at load or
+        write; ids are never reused and names never change), else opened from ``stored``, its column
+        value (a person another process enrolled since this one last caught up)."""
+        name = self._names.get(person_id)
+        return name if name is not None else self._sealer.open_text(stored)
+
     def _lookup_key(self, name: str) -> str:
         """The ``name_key`` column's value for ``name``: its case-folded form, keyed-hashed when sealed."""
         return self._sealer.blind(name_key(name))
@@ -614,7 +621,7 @@ class Gallery(GalleryCounts):
             if op == "add" and added[gen]:  # rows gone already: deleted by a later change
                 rows = added[gen]
                 vecs = np.vstack([np.frombuffer(self._sealer.open(r[1]), dtype=np.float32) for r in rows])
-                self._index_add([r[0] for r in rows], pid, self._sealer.open_text(rows[0][2]), vecs)
+                self._index_add([r[0] for r in rows], pid, self._name(pid, rows[0][2]), vecs)
             elif op == "delete":
                 removed |= self._index_remove(pid)
         self._after_write(target)
@@ -729,7 +736,7 @@ class Gallery(GalleryCounts):
                 fids = self._insert_faces(cur, person_id, faces, vecs, model_id)
                 audit.record(cur, audit.ADD_FACES, person_id, faces=len(fids))
                 gen = self._bump(cur, ("add", person_id, fids[0], fids[-1]))
-            self._apply_add(fids, person_id, self._sealer.open_text(row[0]), vecs, gen)
+            self._apply_add(fids, person_id, self._name(person_id, row[0]), vecs, gen)
             return self.get_person(person_id)
 
     def delete_person(self, person_id: int) -> Person:
@@ -821,7 +828,7 @@ class Gallery(GalleryCounts):
             finally:
                 self._db.execute("COMMIT")
         return [
-            (Person(p[0], self._sealer.open_text(p[1]), p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people
+            (Person(p[0], self._name(p[0], p[1]), p[2], len(faces.get(p[0], []))), faces.get(p[0], [])) for p in people
         ]
 
     # ------------------------------------------------------------------ reads
@@ -834,7 +841,7 @@ class Gallery(GalleryCounts):
                 "SELECT id, source, created_at, crop IS NOT NULL FROM faces WHERE person_id = ? ORDER BY id", (person_id,)
             ).fetchall()
         faces_ = tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces)
-        return Person(row[0], self._sealer.open_text(row[1]), row[2], len(faces), faces_)
+        return Person(row[0], self._name(row[0], row[1]), row[2], len(faces), faces_)
 
     def find_person(self, name: str) -> Person | None:
         with self._lock:
@@ -845,7 +852,7 @@ class Gallery(GalleryCounts):
         with self._lock:
             people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
             counts = dict(self._db.execute("SELECT person_id, COUNT(*) FROM faces GROUP BY person_id").fetchall())
-        return [Person(p[0], self._sealer.open_text(p[1]), p[2], counts.get(p[0], 0)) for p in people]
+        return [Person(p[0], self._name(p[0], p[1]), p[2], counts.get(p[0], 0)) for p in people]
 
     def face_crop(self, face_id: int) -> bytes | None:
         with self._lock:

@@ -150,3 +150,12 @@ def test_eval_lfw_dev_default_pipeline(lfw_dir, tmp_path):
     assert i["fnir_answered@fpir=0.01"] <= 0.01 and i["fnir@fpir=0.01"] <= 0.035
     assert i["wrong_name_rate"] <= 0.005 and i["stranger_accept_rate"] <= 0.01
     assert i["correct_rate"] >= 0.95
+
+
+def test_cli_error_is_one_line_whatever_the_path_length(tmp_path):
+    """A CLI error is never wrapped mid-message when stderr is a pipe: a 300-character path keeps the message whole."""
+    deep = tmp_path / ("d" * 120) / ("e" * 120) / "missing"
+    proc = facegate("eval", str(deep), "--no-plots")
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1 and lines[0].endswith("is not a folder") and str(deep) in lines[0], proc.stderr

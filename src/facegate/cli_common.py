@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from .config import Settings, load_settings
 
-console = Console(stderr=True)
+# soft_wrap: a message is one line however long (a terminal folds it itself); rich's hard wrap at 80
+# columns split "is not a folder" across lines when stderr was a pipe and the path was long.
+console = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="TOML settings file (else $FACEGATE_CONFIG).")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="Data directory (else $FACEGATE_DATA_DIR).")]

@@ -24,12 +24,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from facegate.client import crop_face, encode_jpeg
+from facegate.clients.http import crop_face, encode_jpeg
 from facegate.config import Settings
-from facegate.detect import Face, face_around_eyes, pick_main_face
+from facegate.vision.detect import Face, face_around_eyes, pick_main_face
 from facegate.errors import NoFaceError
-from facegate.imageio import decode_image
-from facegate.metrics import eer, pair_scores, tar_at_far
+from facegate.vision.imageio import decode_image
+from facegate.eval.metrics import eer, pair_scores, tar_at_far
 from facegate.pipeline import CROP_LIKE, LocatedFace, Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,7 +109,7 @@ def strategies(p: Pipeline) -> dict:
 
 
 def recognition(vecs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Verification over all pairs (``facegate.metrics``, as ``facegate eval``) and leave-one-out rank-1 of one set of unit vectors."""
+    """Verification over all pairs (``facegate.eval.metrics``, as ``facegate eval``) and leave-one-out rank-1 of one set of unit vectors."""
     gen, imp = pair_scores(vecs, list(labels))
     sim = vecs @ vecs.T
     np.fill_diagonal(sim, -np.inf)

@@ -2,8 +2,8 @@
 
 Real AdaFace weights cannot be fetched here, and speed does not depend on weight values, so each
 IResNet is built with random weights, saved as an AdaFace-style checkpoint and imported with
-``facegate.model_import.import_checkpoint`` into a temporary folder: the same ONNX graph a real
-import makes. Every model runs through ``facegate.embed.load_embedder`` (onnxruntime, CPU,
+``facegate.vision.model_import.import_checkpoint`` into a temporary folder: the same ONNX graph a real
+import makes. Every model runs through ``facegate.vision.embed.load_embedder`` (onnxruntime, CPU,
 intra_op_num_threads=--threads, inter_op 1, the server's path, no flip TTA) at batch 1 and 16;
 the unmodified SFace file (fixed batch 1) also runs at batch 1 in a plain onnxruntime session.
 Warm-up runs first, then --runs rounds that time every model and batch size in turn (so a burst of
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate.embed import BUNDLED, load_embedder, model_path
+from facegate.vision.embed import BUNDLED, load_embedder, model_path
 
 BATCHES = (1, 16)
 
@@ -49,8 +49,8 @@ def time_interleaved(cases: dict[str, callable], warmup: int, runs: int) -> dict
 def export_random(arch: str, folder: Path) -> tuple[str, dict]:
     import torch
 
-    from facegate.iresnet import build_backbone
-    from facegate.model_import import import_checkpoint
+    from facegate.vision.iresnet import build_backbone
+    from facegate.vision.model_import import import_checkpoint
 
     torch.manual_seed(0)
     model = build_backbone(arch)

@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from facegate.client import b64_jpeg, crop_face, predict_payload
-from facegate.detect import BlazeFaceDetector, pick_main_face
-from facegate.imageio import read_image_file
+from facegate.clients.http import b64_jpeg, crop_face, predict_payload
+from facegate.vision.detect import BlazeFaceDetector, pick_main_face
+from facegate.vision.imageio import read_image_file
 
 
 def central_face(detector: BlazeFaceDetector, path: Path):

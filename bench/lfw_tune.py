@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from facegate import align as al
-from facegate.detect import BlazeFaceDetector
-from facegate.embed import l2_normalize, load_embedder
-from facegate.metrics import eer, pair_scores, tar_at_far
+from facegate.vision import align as al
+from facegate.vision.detect import BlazeFaceDetector
+from facegate.vision.embed import l2_normalize, load_embedder
+from facegate.eval.metrics import eer, pair_scores, tar_at_far
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import central_face  # noqa: E402

@@ -51,7 +51,7 @@ def model_limit(tta, lane, threads: int) -> dict:
     ``lane``: the same on one thread, called from ``threads`` threads at once."""
     import onnxruntime as ort
 
-    from facegate.embed import BUNDLED, model_path
+    from facegate.vision.embed import BUNDLED, model_path
 
     emb = tta.base
     rng = np.random.default_rng(0)
@@ -139,8 +139,8 @@ def process_cpu_s(pid: int) -> float | None:
 def predict_body() -> dict:
     from skimage import data
 
-    from facegate.client import predict_payload
-    from facegate.detect import BlazeFaceDetector
+    from facegate.clients.http import predict_payload
+    from facegate.vision.detect import BlazeFaceDetector
 
     img = np.ascontiguousarray(data.astronaut())
     det = BlazeFaceDetector("short")
@@ -362,7 +362,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from facegate.config import Settings
-    from facegate.embed import FlipTTA, load_embedder
+    from facegate.vision.embed import FlipTTA, load_embedder
 
     threads = Settings().inference_threads
     print("measuring the model alone ...", file=sys.stderr)
@@ -379,7 +379,7 @@ def main() -> int:
     try:
         import httpx
 
-        from facegate.client import register_payload
+        from facegate.clients.http import register_payload
         from skimage import data
 
         img = np.ascontiguousarray(data.astronaut())

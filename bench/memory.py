@@ -36,7 +36,7 @@ def proc_memory(pid: int) -> dict[str, float]:
 
 
 def fill(data_dir: Path, n: int, model_id: str, dim: int, people_size: int = 5) -> float:
-    from facegate.gallery import Gallery, NewFace
+    from facegate.gallery.sqlite import Gallery, NewFace
 
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
@@ -59,10 +59,10 @@ def main() -> int:
 
     from skimage import data as skdata
 
-    from facegate.client import predict_payload
+    from facegate.clients.http import predict_payload
     from facegate.config import Settings
-    from facegate.detect import BlazeFaceDetector
-    from facegate.embed import FlipTTA, load_embedder
+    from facegate.vision.detect import BlazeFaceDetector
+    from facegate.vision.embed import FlipTTA, load_embedder
 
     s = Settings()
     emb = FlipTTA(load_embedder(s.model, threads=1), s.tta)

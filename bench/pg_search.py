@@ -4,7 +4,7 @@ The vectors are bench/search.py's (calibrated on SFace embeddings of lfw-dev; se
 gallery size: hnswlib as the embedded gallery builds it (M=32, ef_construction=200, 2 threads;
 query ef=256), and pgvector as the PostgreSQL gallery builds it (the same M and ef_construction,
 ``CREATE INDEX ... USING hnsw ((embedding::vector(128)) vector_cosine_ops)`` after a COPY, with
-maintenance_work_mem 1 GB and one parallel worker) on a throwaway PostgreSQL 18 (facegate.devdb).
+maintenance_work_mem 1 GB and one parallel worker) on a throwaway PostgreSQL 18 (facegate.gallery.devdb).
 Reported: build time, single-query p50/p99 and recall@5 against exact search for several
 ``hnsw.ef_search``, both as raw SQL and through ``PgGallery.search`` (what a FaceGate server does
 per face: the state row, the index scan, the join with people); and PostgreSQL's exact search
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 import search as sb  # noqa: E402  (bench/search.py: the synthetic faces and the recall helpers)
 
-from facegate.gallery_pg import PgGallery  # noqa: E402
+from facegate.gallery.postgres import PgGallery  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 M, EFC, HNSWLIB_EF = 32, 200, 256
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sb.apply_isotropic(args, argv)
 
-    from facegate.devdb import DevPostgres
+    from facegate.gallery.devdb import DevPostgres
 
     efs = [int(x) for x in args.ef_search.split(",")]
     report = {

@@ -61,7 +61,7 @@ DEFAULT_M, DEFAULT_EFC, DEFAULT_EF, DEFAULT_EXACT_MAX = 16, 200, 64, 20_000
 try:  # pragma: no cover - depends on the checkout
     import inspect
 
-    from facegate.gallery import Gallery
+    from facegate.gallery.sqlite import Gallery
 
     _p = inspect.signature(Gallery.__init__).parameters
     DEFAULT_M = _p["hnsw_m"].default

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import write_report  # noqa: E402
 from search import K, add_data_args, apply_isotropic, fmt_n, ground_truth, make_faces, malloc_trim, ms_stats, parse_size, recall, rss_bytes  # noqa: E402
 
-from facegate.pqindex import PQIndex, RowMap, exact_top  # noqa: E402
+from facegate.gallery.pqindex import PQIndex, RowMap, exact_top  # noqa: E402
 
 
 def bench_index(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, reranks: list[int], adds: int) -> dict:
@@ -68,7 +68,7 @@ def bench_index(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, rer
 
 def bench_gallery(vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray, tmp: Path) -> dict:
     """Through the real ``Gallery``: SQLite, load at start, the default search path."""
-    from facegate.gallery import Gallery, NewFace
+    from facegate.gallery.sqlite import Gallery, NewFace
 
     data = tmp / f"g{len(vectors)}"
     g = Gallery(data, "bench", vectors.shape[1], exact_search_max=0, save_delay_s=60)

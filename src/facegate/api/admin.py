@@ -6,7 +6,7 @@ import base64
 
 from fastapi import APIRouter, Query
 
-from .. import audit
+from facegate.security import audit
 from .deps import PipelineDep, WorkerDep
 from .schemas import AuditEntryOut, AuditLog, ExportFace, ExportPerson, GalleryExport
 

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from .. import __version__
-from ..config import Settings
-from ..pipeline import Pipeline
-from .. import web
-from ..backends import describe, keys_for
+from facegate import __version__
+from facegate.config import Settings
+from facegate.pipeline import Pipeline
+from facegate import web
+from facegate.gallery.backends import describe, keys_for
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -78,6 +78,6 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
 
 def create_app_from_environment() -> FastAPI:
     """Factory for uvicorn worker processes (`facegate serve --workers N`)."""
-    from ..config import settings_from_environment
+    from facegate.config import settings_from_environment
 
     return create_app(settings_from_environment())

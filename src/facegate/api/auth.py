@@ -18,8 +18,8 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .. import audit
-from ..keys import GRANTS, KeyStore
+from facegate.security import audit
+from facegate.security.keys import GRANTS, KeyStore
 from .limits import send_error
 
 #: (method, path) -> role. Paths not listed: GET/HEAD outside /v1 and /metrics are public (the web

@@ -8,8 +8,8 @@ from typing import Annotated, TypeVar
 import anyio
 from fastapi import Depends, Path, Request
 
-from ..errors import BusyError, DeadlineError
-from ..pipeline import Pipeline
+from facegate.errors import BusyError, DeadlineError
+from facegate.pipeline import Pipeline
 from .metrics import Metrics
 
 T = TypeVar("T")

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 from fastapi import APIRouter
 
-from ..align import eye_points
-from ..imageio import load_b64_image
+from facegate.vision.align import eye_points
+from facegate.vision.imageio import load_b64_image
 from .deps import PipelineDep, WorkerDep
 from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, quality_out
 

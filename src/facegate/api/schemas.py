@@ -42,7 +42,7 @@ class PredictRequest(_Strict):
 
 
 class QualityOut(BaseModel):
-    """The face's measured quality (``facegate.quality``) and, when it is too poor, why."""
+    """The face's measured quality (``facegate.vision.quality``) and, when it is too poor, why."""
 
     ok: bool = Field(..., description="False: below the quality floor, the answer is 'retry'.")
     reasons: list[str] = Field(default_factory=list, description="What is wrong, for people (e.g. 'too dark: ...').")

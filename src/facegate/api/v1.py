@@ -15,11 +15,11 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
-from ..errors import FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
-from ..gallery import Person
-from ..imageio import b64_to_bytes, decode_image
-from ..pipeline import Identification
+from facegate import __version__
+from facegate.errors import FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
+from facegate.gallery.sqlite import Person
+from facegate.vision.imageio import b64_to_bytes, decode_image
+from facegate.pipeline import Identification
 from .deps import PipelineDep, RowId, WorkerDep
 from .schemas import (
     Box,

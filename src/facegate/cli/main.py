@@ -1,0 +1,382 @@
+"""The ``facegate`` command: serve, enroll a folder, identify images, manage people."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from facegate.security import audit
+from .security import audit_command, check_exposure, gallery_encrypt, gallery_new_key, keys_app
+from facegate.clients.camera import client_app
+from facegate.gallery.backends import describe
+from .common import ConfigOpt, DataOpt, console, fail
+from .common import settings as _settings
+from facegate.config import Settings, settings_for_workers
+from facegate.errors import FaceGateError
+
+app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
+people_app = typer.Typer(help="List or delete enrolled people.", no_args_is_help=True)
+app.add_typer(people_app, name="people")
+models_app = typer.Typer(help="Import and list embedding models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+gallery_app = typer.Typer(help="Maintain the gallery.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+app.add_typer(client_app, name="client")
+app.add_typer(keys_app, name="keys")
+app.command("audit")(audit_command)
+gallery_app.command("encrypt")(gallery_encrypt)
+gallery_app.command("new-key")(gallery_new_key)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+def _pipeline(settings: Settings, batching: bool = False):
+    from facegate.pipeline import Pipeline
+
+    try:
+        return Pipeline.from_settings(settings, batching=batching)
+    except (FaceGateError, ConnectionError) as exc:
+        fail(getattr(exc, "message", str(exc)))
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Interface to bind (default 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port (default 8000).")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    detector: Annotated[Optional[str], typer.Option(help="BlazeFace model: short or full.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Embedding model: sface, or an imported one (see `facegate models list`).")] = None,
+    tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Server processes sharing the gallery (default 1).")] = None,
+    allow_no_auth: Annotated[
+        Optional[bool], typer.Option("--allow-no-auth", help="Serve on a public interface although no API key exists.")
+    ] = None,
+    tunnel: Annotated[Optional[str], typer.Option(help="Expose through a tunnel: ngrok (needs pyngrok and API keys).")] = None,
+    gallery: Annotated[
+        Optional[str], typer.Option(help="postgresql://... to keep the gallery in PostgreSQL + pgvector (shared by many servers).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the HTTP server (the reference /register and /predict, and /v1)."""
+    import uvicorn
+
+    from facegate.api import create_app
+
+    s = _settings(
+        config,
+        host=host,
+        port=port,
+        data_dir=data,
+        detector=detector,
+        model=model,
+        tta=tta,
+        threshold=threshold,
+        workers=workers,
+        allow_no_auth=allow_no_auth,
+        gallery=gallery,
+    )
+    if tunnel not in (None, "ngrok"):
+        console.print(f"[red]error:[/red] unknown tunnel {escape(tunnel)!r}; the one supported is ngrok")
+        raise typer.Exit(2)
+    check_exposure(s, tunnel)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    pipe = _pipeline(s, batching=s.workers == 1)  # load first: a refusal is a message, not a traceback
+    console.print(
+        f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"
+        f"  (gallery: {escape(describe(s))}, docs: /docs)"
+    )
+    server_opts = dict(
+        host=s.host,
+        port=s.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+        limit_concurrency=s.max_connections,
+        proxy_headers=bool(s.forwarded_allow_ips),
+        forwarded_allow_ips=s.forwarded_allow_ips or None,
+    )
+    if tunnel:
+        _open_tunnel(s.port)
+    if s.workers == 1:
+        try:
+            uvicorn.run(create_app(s, pipe), **server_opts)
+        finally:
+            pipe.close()
+        return
+    pipe.close()  # each worker process loads its own models and opens the shared gallery
+    os.environ.update(settings_for_workers(s))
+    uvicorn.run(
+        "facegate.api.app:create_app_from_environment",
+        factory=True,
+        workers=s.workers,
+        **server_opts,
+    )
+
+
+def _open_tunnel(port: int) -> None:
+    """A public URL through ngrok (pyngrok): only ever with API keys (checked before)."""
+    try:
+        from pyngrok import ngrok
+    except ImportError:
+        console.print("[red]error:[/red] --tunnel ngrok needs pyngrok: pip install pyngrok (and an ngrok account token)")
+        raise typer.Exit(2) from None
+    url = ngrok.connect(port, "http").public_url
+    console.print(f"public URL (keys required): {escape(url)}")
+
+
+@app.command()
+def enroll(
+    folder: Annotated[Path, typer.Argument(help="A folder with one sub-folder of photos per person, named after them.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    limit: Annotated[int, typer.Option(help="At most this many photos per person (0: all).")] = 0,
+    existing: Annotated[str, typer.Option(help="A name already enrolled: skip, or add the photos to them.")] = "skip",
+) -> None:
+    """Enrol everyone in FOLDER. Photos without a usable face are reported and left out."""
+    if not folder.is_dir():
+        console.print(f"[red]error:[/red] {escape(str(folder))} is not a folder")
+        raise typer.Exit(2)
+    if existing not in ("skip", "add"):
+        console.print("[red]error:[/red] --existing must be skip or add")
+        raise typer.Exit(2)
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    from facegate.vision.imageio import read_image_file
+
+    people = [d for d in sorted(folder.iterdir()) if d.is_dir()]
+    enrolled = skipped = 0
+    problems: list[str] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+        task = bar.add_task("enrolling", total=len(people))
+        for d in people:
+            bar.update(task, description=f"enrolling {escape(d.name[:24]):<24}")
+            paths = _images_in(d)[: limit or None]
+            images, labels = [], []
+            for pth in paths:
+                try:
+                    img = read_image_file(str(pth), pipe.limits)
+                    pipe.check_enrollable(img, field=pth.name)  # check face and quality before storing anything
+                    images.append(img)
+                    labels.append(pth.name)
+                except FaceGateError as exc:
+                    problems.append(f"{d.name}/{pth.name}: {exc.message}")
+            if not images:
+                problems.append(f"{d.name}: no usable photo, not enrolled")
+            else:
+                try:
+                    person = pipe.gallery.find_person(d.name)
+                    if person is None:
+                        pipe.enroll(d.name, images, labels)
+                        enrolled += 1
+                    elif existing == "add":
+                        pipe.add_faces(person.id, images, labels)
+                        enrolled += 1
+                    else:
+                        skipped += 1
+                except FaceGateError as exc:
+                    problems.append(f"{d.name}: {exc.message}")
+            bar.advance(task)
+    pipe.close()
+    for p in problems:
+        console.print(f"[yellow]skipped[/yellow] {escape(p)}")
+    console.print(f"enrolled {enrolled} people, {skipped} already enrolled, {len(problems)} problems")
+
+
+@app.command()
+def identify(
+    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Name every face in each image."""
+    s = _settings(config, data_dir=data)
+    pipe = _pipeline(s)
+    from facegate.vision.imageio import read_image_file
+
+    status = 0
+    for path in images:
+        try:
+            results = pipe.identify_all(read_image_file(str(path), pipe.limits))
+        except (FaceGateError, OSError) as exc:
+            console.print(f"[red]{escape(str(path))}:[/red] {escape(str(getattr(exc, 'message', exc)))}")
+            status = 1
+            continue
+        rows = [
+            {
+                "image": str(path),
+                "box": [round(v, 1) for v in r.located.box] if r.located.box else None,
+                "name": r.decision.name if r.decision.known else "unknown",
+                "person_id": r.decision.person_id,
+                "similarity": round(r.decision.similarity, 4),
+            }
+            for r in results
+        ]
+        if as_json:
+            for row in rows or [{"image": str(path), "box": None, "name": None, "person_id": None, "similarity": None}]:
+                print(json.dumps(row))
+        else:
+            print(f"{path}: " + (", ".join(f"{r['name']} ({r['similarity']:.3f})" for r in rows) or "no face"))
+    pipe.close()
+    raise typer.Exit(status)
+
+
+def _gallery(settings: Settings):
+    """The gallery as it is stored (data_dir or PostgreSQL), opened without loading any model."""
+    from facegate.gallery.backends import open_existing_gallery
+
+    try:
+        return open_existing_gallery(settings)
+    except (FaceGateError, ConnectionError) as exc:
+        fail(getattr(exc, "message", str(exc)))
+
+
+@people_app.command("list")
+def people_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Everyone enrolled, with their face counts."""
+    s = _settings(config, data_dir=data)
+    gallery = _gallery(s)
+    table = Table("id", "name", "faces", "enrolled")
+    for p in gallery.list_people() if gallery else []:
+        table.add_row(str(p.id), escape(p.name), str(p.face_count), p.created_at)
+    Console().print(table)
+    if gallery:
+        gallery.close()
+
+
+@people_app.command("delete")
+def people_delete(
+    who: Annotated[str, typer.Argument(help="A person's name, or their id.")],
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Forget a person: their faces, crops and index entries are removed."""
+    s = _settings(config, data_dir=data)
+    gallery = _gallery(s)
+    if gallery is None:
+        console.print(f"[red]error:[/red] no gallery in {escape(describe(s))}")
+        raise typer.Exit(1)
+    try:
+        person = gallery.find_person(who)
+        if person is None and who.isdigit():
+            person = gallery.get_person(int(who))
+        if person is None:
+            console.print(f"[red]error:[/red] nobody named {escape(repr(who))}")
+            raise typer.Exit(1)
+        gallery.delete_person(person.id)
+        console.print(f"deleted {escape(person.name)} (id {person.id}, {person.face_count} faces)")
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    finally:
+        gallery.close()
+
+
+@models_app.command("import")
+def models_import(
+    checkpoint: Annotated[Path, typer.Argument(help="An official AdaFace checkpoint (.ckpt).")],
+    arch: Annotated[str, typer.Option(help="Backbone of the checkpoint: ir18, ir50 or ir101.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default adaface-ARCH).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Convert an AdaFace checkpoint to ONNX in the data directory (needs `pip install .[import]`)."""
+    s = _settings(config, data_dir=data)
+    try:
+        from facegate.vision.model_import import import_checkpoint
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        console.print(f"[red]error:[/red] importing needs PyTorch: pip install 'facegate[import]' ({escape(str(exc))})")
+        raise typer.Exit(1) from None
+    if not checkpoint.is_file():
+        console.print(f"[red]error:[/red] {escape(str(checkpoint))} is not a file")
+        raise typer.Exit(2)
+    try:
+        card = import_checkpoint(checkpoint, arch, s.models_dir, name, overwrite=force)
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"imported {escape(card['name'])} ({card['arch']}, {card['embedding_size']}-d) into {escape(str(s.models_dir))}; "
+        f"ONNX vs PyTorch max abs difference {card['max_abs_diff']:.2e}"
+    )
+    console.print(f"serve it with: facegate serve --model {escape(card['name'])} --tta normsum")
+
+
+@models_app.command("list")
+def models_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
+    """Bundled and imported models."""
+    from facegate.vision.embed import BUNDLED, imported_models
+
+    s = _settings(config, data_dir=data)
+    table = Table("name", "kind", "details")
+    for n, spec in BUNDLED.items():
+        table.add_row(n, "bundled", f"{spec.package}: {spec.resource}")
+    for n, card in imported_models(s.models_dir).items():
+        table.add_row(escape(n), "imported", escape(f"{card.get('family', '?')} {card.get('arch', '?')}, from {card.get('source_file', '?')}"))
+    Console().print(table)
+
+
+@gallery_app.command("reembed")
+def gallery_reembed(
+    model: Annotated[str, typer.Option(help="The model to re-compute every face with.")],
+    tta: Annotated[Optional[str], typer.Option(help="Flip TTA for the new vectors: none, concat, sum or normsum.")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Re-compute every enrolled face with another model, from the stored crops, in one transaction."""
+    from facegate.vision.embed import FlipTTA, load_embedder
+    from facegate.pipeline import reembed_gallery
+
+    s = _settings(config, data_dir=data, model=model, tta=tta)
+    gallery = _gallery(s)
+    if gallery is None:
+        console.print(f"[red]error:[/red] no gallery in {escape(describe(s))}")
+        raise typer.Exit(1)
+    try:
+        embedder = FlipTTA(load_embedder(s.model, threads=s.inference_threads, models_dir=s.models_dir), s.tta)
+        if embedder.model_id == gallery.model_id:
+            console.print(f"the gallery is already made with {escape(embedder.model_id)}; nothing to do")
+            return
+        old, n = gallery.model_id, gallery.face_count
+        with Progress(TextColumn("re-embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task("", total=n)
+            reembed_gallery(gallery, embedder, progress=lambda k: bar.advance(task, k))
+    except FaceGateError as exc:
+        console.print(f"[red]error:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    finally:
+        gallery.close()
+    console.print(f"re-embedded {n} faces: {escape(old)} -> {escape(embedder.model_id)}")
+    console.print(f"serve with: facegate serve --model {escape(s.model)} --tta {s.tta}")
+
+
+from .eval import calibrate_command, eval_command  # noqa: E402  (accuracy commands live in cli.eval)
+
+app.command("eval")(eval_command)
+app.command("calibrate")(calibrate_command)
+from .gallery import migrate_command  # noqa: E402  (PostgreSQL gallery)
+
+gallery_app.command("migrate")(migrate_command)
+
+
+def main() -> None:
+    audit.current_actor.set(audit.cli_actor())
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import httpx
 import numpy as np
@@ -175,3 +176,48 @@ def test_server_still_answers_correctly_after_all_that(http, astronaut_payloads)
     r = http.post("/predict", json=predict)
     assert r.status_code == 200 and r.json()["user_name"] == "Eileen Collins"
     assert http.get("/healthz").json()["gallery"]["people"] == 1
+
+
+# ------------------------------------------------ issue 19 (7): small inputs that gave 500s
+NESTED = "[" * 1000 + "]" * 1000  # 2 kB: Python's JSON parser raises RecursionError near 1,000 levels
+
+
+@pytest.mark.parametrize("path", ["/v1/identify", "/v1/verify", "/v1/people", "/v1/people/1/faces", "/register", "/predict"])
+@pytest.mark.parametrize("where", ["whole body", "inside a field", "unclosed"])
+def test_deeply_nested_json_is_422_not_500(http, path, where):
+    body = {"whole body": NESTED, "inside a field": '{"name": "A", "images": ' + NESTED + "}", "unclosed": "[" * 2000}[where]
+    before = http.get("/healthz").json()["gallery"]
+    r = http.post(path, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, (path, r.status_code, r.text[:300])
+    assert r.json()["code"] == "invalid_request" and "nested" in r.json()["detail"]
+    _unchanged(http, before)
+
+
+def test_json_nesting_within_the_limit_is_read_as_usual(http):
+    """Brackets inside strings do not count, and a body nested a little is answered as before (a 422 naming the field)."""
+    r = http.post("/v1/identify", json={"image": "[" * 5000, "note": [[[[1]]]]})
+    assert r.status_code == 422 and r.json()["code"] == "invalid_image" and r.json()["field"] == "image", r.text
+
+
+@pytest.mark.parametrize("name", ["X\\ud800Y", "\\udfff", "A\\udc00\\ud800B"])
+def test_lone_surrogate_in_a_name_is_422(http, astronaut_payloads, name):
+    register, _ = astronaut_payloads
+    before = http.get("/healthz").json()["gallery"]
+    r = http.post("/register", content=json.dumps({**register, "user_name": "NAME"}).replace('"NAME"', f'"{name}"'),
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["code"] == "invalid_name" and r.json()["field"] == "user_name" and "surrogate" in r.json()["detail"]
+    v1 = json.dumps({"name": "NAME", "images": [register["first_img"]]}).replace('"NAME"', f'"{name}"')
+    r = http.post("/v1/people", content=v1, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["code"] == "invalid_name" and r.json()["field"] == "name"
+    _unchanged(http, before)
+
+
+def test_a_surrogate_pair_is_a_character(http, other_face):
+    """The JSON escape of an emoji (a high and a low surrogate together) is a real character: enrolled."""
+    body = json.dumps({"name": "NAME", "images": [b64(other_face)]}).replace('"NAME"', '"Ann \\ud83d\\ude00"')
+    r = http.post("/v1/people", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 201, r.text[:300]
+    assert r.json()["name"] == "Ann \N{GRINNING FACE}"
+    assert http.delete(f"/v1/people/{r.json()['id']}").status_code == 200

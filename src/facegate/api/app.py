@@ -17,7 +17,7 @@ from facegate.gallery.backends import describe, keys_for
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
-from .limits import AdmissionMiddleware, BodyLimitMiddleware, TimeoutMiddleware
+from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, TimeoutMiddleware
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = Metrics()
+    app.add_middleware(JsonBodyMiddleware)  # innermost: reads a body only after admission, size cap and keys let it in
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     limits = RateLimits(

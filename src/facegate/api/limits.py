@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 
 import anyio
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -145,3 +147,78 @@ class TimeoutMiddleware:
                 status, code = 408, "request_timeout"
                 detail = f"the request body did not arrive within {self.timeout_s:g} s"
             await send_error(send, status, code, detail, close=True)
+
+
+#: JSON nested deeper than this is refused (422) before any parser sees it. Every body FaceGate takes
+#: is two levels deep; Python's parser raises RecursionError (a 500) near 1,000.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET_STEP = np.zeros(256, np.int8)
+_BRACKET_STEP[[ord("["), ord("{")]] = 1
+_BRACKET_STEP[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply ``body``'s arrays and objects nest, counted outside its strings.
+
+    For any prefix a JSON parser accepts this is at least the depth the parser reaches, so a body
+    under the limit here cannot make the parser recurse further.
+    """
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:  # every real request: no scan
+        return body.count(b"[") + body.count(b"{")
+    rest = _JSON_STRING.sub(b"", body)
+    if not rest:
+        return 0
+    return int(np.cumsum(_BRACKET_STEP[np.frombuffer(rest, np.uint8)], dtype=np.int64).max(initial=0))
+
+
+def is_json(content_type: str) -> bool:
+    """``application/json`` or ``application/<anything>+json``, any parameters."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+
+
+class JsonBodyMiddleware:
+    """Refuses a JSON body nested deeper than ``MAX_JSON_DEPTH`` with 422, before a route parses it.
+
+    Innermost of the limits: a body reaches it only within the size cap, from a caller that may
+    send it, on a server with room. The body is read here and handed on unchanged.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        ctype = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"content-type"), "")
+        if not is_json(ctype):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":  # the client went away
+                return
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        del chunks
+        depth = json_depth(body) if len(body) < 65536 else await anyio.to_thread.run_sync(json_depth, body)
+        if depth > MAX_JSON_DEPTH:
+            await send_error(
+                send, 422, "invalid_request", f"invalid JSON: arrays and objects nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

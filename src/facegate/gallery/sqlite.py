@@ -104,6 +104,8 @@ def clean_name(name: str, max_length: int = 128) -> str:
     """Normalise a person's name (NFC, trimmed) and refuse empty, overlong or control-character names."""
     if not isinstance(name, str):
         raise InvalidNameError("name must be a string", field="user_name")
+    if any("\ud800" <= c <= "\udfff" for c in name):  # JSON's "\ud800" escape: not a character, cannot be stored
+        raise InvalidNameError("name must not contain lone surrogates (\\ud800-\\udfff are not characters)", field="user_name")
     n = unicodedata.normalize("NFC", name).strip()
     if not n:
         raise InvalidNameError("name must not be empty", field="user_name")

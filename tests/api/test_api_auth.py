@@ -214,6 +214,68 @@ def test_tunnel_without_keys_is_refused(tmp_path):
     assert r.returncode == 2 and "without API keys" in " ".join(r.stderr.split())
 
 
+# ------------------------------------------------------------------ issue 19 (1): the last key
+def test_revoking_the_last_admin_key_leaves_a_public_server_closed(tmp_path, start_server, astronaut_payloads):
+    """Served on 0.0.0.0 with one admin key: revoking it used to open every route (export 200, enrolment 201)."""
+    register, _ = astronaut_payloads
+    data = tmp_path / "public"
+    admin = new_key(data, "admin", "only admin")
+    kid = admin.split("_")[1]
+    s = start_server(data, "--host", "0.0.0.0")
+    enrol = {"name": "Mallory Enrolled", "images": [register["first_img"]]}
+    with s.client() as c:
+        assert c.get("/v1/export").status_code == 401
+        assert c.get("/v1/export", headers=bearer(admin)).status_code == 200
+        # The CLI refuses to revoke the last admin key, and says what would follow.
+        r = cli(data, "keys", "revoke", kid)
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 1, said
+        assert "last active admin key" in said and "--force" in said and "401" in said
+        assert c.get("/v1/export", headers=bearer(admin)).status_code == 200  # still active
+        r = cli(data, "keys", "revoke", kid, "--force")
+        assert r.returncode == 0, r.stderr
+        assert "revoked admin key" in r.stderr and "last active admin key" in " ".join(r.stderr.split())
+        # The server stays closed: no key, the revoked key and a guessed one all get 401; nothing is enrolled.
+        for headers in ({}, bearer(admin), bearer("fg_deadbeef_guess")):
+            r = c.get("/v1/export", headers=headers)
+            assert r.status_code == 401, (headers, r.status_code, r.text)
+            assert r.json()["code"] == "unauthorized"
+        assert c.post("/v1/people", json=enrol).status_code == 401
+        assert c.post("/register", json=register).status_code == 401
+        assert c.get("/healthz").json()["gallery"]["people"] == 0
+    assert "no active API key" in s.read_log()  # the operator is told, once
+    # A new admin key works at once.
+    fresh = new_key(data, "admin", "replacement")
+    with s.client(headers=bearer(fresh)) as c:
+        assert c.get("/v1/export").status_code == 200
+
+
+def test_a_server_started_open_closes_for_good_at_its_first_key(tmp_path, start_server):
+    """Open on loopback without keys; the first key closes it, and revoking that key does not reopen it."""
+    data = tmp_path / "loop"
+    s = start_server(data)
+    with s.client() as c:
+        assert c.get("/v1/people").status_code == 200  # open: no key exists, loopback only
+        key = new_key(data, "admin")
+        assert c.get("/v1/people").status_code == 401
+        assert cli(data, "keys", "revoke", key.split("_")[1], "--force").returncode == 0
+        assert c.get("/v1/people").status_code == 401
+        assert c.get("/healthz").status_code == 200  # public routes stay public
+
+
+def test_revoking_an_admin_key_while_another_remains_needs_no_force(tmp_path):
+    data = tmp_path / "two"
+    first, second = new_key(data, "admin", "a"), new_key(data, "admin", "b")
+    client = new_key(data, "client", "gate")
+    assert cli(data, "keys", "revoke", client.split("_")[1]).returncode == 0  # client keys: never asked
+    r = cli(data, "keys", "revoke", first.split("_")[1])
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    r = cli(data, "keys", "revoke", second.split("_")[1])
+    assert r.returncode == 1 and "last active admin key" in " ".join(r.stderr.split())
+    listed = cli(data, "keys", "list").stdout
+    assert second.split("_")[1] in listed
+
+
 # ------------------------------------------------------------------ abuse limits
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):

@@ -14,6 +14,7 @@ from facegate.config import Settings
 from facegate.pipeline import Pipeline
 from facegate import web
 from facegate.gallery.backends import describe, keys_for
+from facegate.security.exposure import OpenMode
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -38,8 +39,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         if p.batcher is not None:
             p.batcher.on_batch = worker.observe_batch
         g = p.gallery
-        if not app.state.keys.enforcing():
-            log.warning("no API key exists: every route is open to whoever reaches this server (create one: facegate keys create --role admin)")
+        # Open (no key needed) is decided here, once: never after a key existed, never beyond loopback.
+        app.state.open_mode = OpenMode.decide(
+            keys_exist=app.state.keys.enforcing(), host=settings.host, allow_no_auth=settings.allow_no_auth
+        )
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,

@@ -19,6 +19,7 @@ from limits.storage import storage_from_string
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from facegate.security import audit
+from facegate.security.exposure import OpenMode
 from facegate.security.keys import GRANTS, KeyStore
 from .limits import send_error
 
@@ -34,6 +35,10 @@ STORAGE_TIMEOUT_S = 0.25
 STORAGE_RETRY_S = 5.0
 
 log = logging.getLogger(__name__)
+
+
+#: A server with no open mode set (none started) serves no one without a key.
+_CLOSED = OpenMode(False)
 
 
 def required_role(method: str, path: str) -> str | None:
@@ -111,8 +116,9 @@ def _storage(uri: str):
 class AuthMiddleware:
     """Authenticates, authorises and rate-limits each request, and names its actor for the audit log.
 
-    With no active key in the data directory the server is open (the CLI only binds it to loopback
-    then); the first key created switches every protected route to requiring one, at once.
+    Whether a request without a key goes on is ``app.state.open_mode`` (``security.exposure.OpenMode``):
+    decided once at start (no active key, and bound to loopback); the first key created closes the
+    server for good, so revoking the last key leaves every protected route answering 401.
     """
 
     def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
@@ -149,13 +155,15 @@ class AuthMiddleware:
                 return
             scope.setdefault("state", {})["principal"] = (key_id, key_role)
             actor = f"key:{key_id}@{addr}"
-        elif keys is None or not keys.enforcing():
+        elif keys is not None and self._open(scope).allows(keys.enforcing):
             actor = f"open@{addr}"
         else:
             wait = await self.limits.failed_auth(addr)
             if wait is not None:  # a valid key from the same address still works
                 await self._too_many(send, wait, "too many requests with a missing or wrong API key")
                 return
+            if keys is not None:
+                self._open(scope).note_refusal(keys.enforcing)
             why = "an API key is required" if key is None else "the API key is not valid (unknown, revoked or mistyped)"
             await send_error(
                 send,
@@ -170,6 +178,11 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             audit.current_actor.reset(token)
+
+    @staticmethod
+    def _open(scope: Scope) -> OpenMode:
+        """The server's open mode (set at start); closed if there is none."""
+        return getattr(scope["app"].state, "open_mode", None) or _CLOSED
 
     @staticmethod
     async def _too_many(send: Send, wait: float, why: str) -> None:

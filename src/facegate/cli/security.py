@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +15,8 @@ from .common import ConfigOpt, DataOpt, console, fail, settings
 from facegate.config import Settings
 from facegate.errors import FaceGateError
 from facegate.gallery.backends import KeyBackend, open_keys
-from facegate.security.keys import ROLES
+from facegate.security.exposure import is_loopback
+from facegate.security.keys import ROLES, is_last_admin
 
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -31,16 +31,6 @@ def key_store(settings: Settings) -> KeyBackend:
         return open_keys(settings)
     except ConnectionError as exc:
         fail(str(exc), 1)
-
-
-def is_loopback(host: str) -> bool:
-    """Only this machine can connect (a name other than localhost is treated as public)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def check_exposure(settings: Settings, tunnel: str | None) -> None:
@@ -107,18 +97,36 @@ def keys_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
 @keys_app.command("revoke")
 def keys_revoke(
     key_id: Annotated[str, typer.Argument(help="The key's id (the 8 hex digits after fg_).")],
+    force: Annotated[bool, typer.Option("--force", help="Revoke the last active admin key too (no one can administer over HTTP then).")] = False,
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Revoke a key: running servers refuse it from their next request."""
+    """Revoke a key: running servers refuse it from their next request. Servers never reopen when the
+    last key goes: they answer 401 until a new key is created."""
     store = key_store(_settings(config, data))
     try:
+        keys = store.list()
+        last = is_last_admin(keys, key_id)
+        others = sum(1 for k in keys if k.active and k.id != key_id)
+        if last and not force:
+            fail(f"{key_id} is the last active admin key: {_after_last_admin(others)}. "
+                 "Create another admin key first (facegate keys create --role admin), or pass --force to revoke it anyway", 1)
         key = store.revoke(key_id)
     except FaceGateError as exc:
         fail(exc.message, 1)
     finally:
         store.close()
     console.print(f"revoked {key.role} key {key.id} at {key.revoked_at}")
+    if last:
+        console.print(f"[yellow]warning:[/yellow] that was the last active admin key: {_after_last_admin(others)}")
+
+
+def _after_last_admin(other_active_keys: int) -> str:
+    """What follows the revocation of the last admin key, for the operator."""
+    still = (f"the {other_active_keys} client key(s) still identify and verify, "
+             "every other request that needs a key answers 401" if other_active_keys else "every request that needs a key answers 401")
+    return (f"without it no one can enrol, delete, list or export over HTTP; running servers stay closed ({still}) "
+            "until a new admin key is created; a server started later with no key at all serves this machine only")
 
 
 def audit_command(

@@ -74,6 +74,11 @@ def plain_key(key_id: str, secret: str) -> str:
     return f"{PREFIX}{key_id}_{secret}"
 
 
+def is_last_admin(keys: "list[ApiKey]", key_id: str) -> bool:
+    """True if ``key_id`` is the one active admin key among ``keys`` (revoking it leaves no one to administer)."""
+    return [k.id for k in keys if k.active and k.role == "admin"] == [key_id]
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

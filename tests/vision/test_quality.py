@@ -91,8 +91,10 @@ def test_pose_from_points():
     eyes = np.array([[40.0, 50.0], [80.0, 50.0]])
     yaw, roll = pose_from_points(np.vstack([eyes, [[60.0, 70.0]]]))
     assert abs(yaw) < 1e-6 and abs(roll) < 1e-6
-    yaw, _ = pose_from_points(np.vstack([eyes, [[70.0, 70.0]]]))  # nose a quarter of the eye distance to the side
-    assert yaw == pytest.approx(30.0, abs=0.5)
+    # Nose a quarter of the eye distance toward the image's right: the face turned to the right, negative yaw
+    # (positive: toward the image's left, as AFLW2000-3D and vision/headpose.py count it).
+    yaw, _ = pose_from_points(np.vstack([eyes, [[70.0, 70.0]]]))
+    assert yaw == pytest.approx(-30.0, abs=0.5)
     c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
     _, roll = pose_from_points(eyes @ np.array([[c, s], [-s, c]]))
     assert roll == pytest.approx(20.0, abs=1e-6)

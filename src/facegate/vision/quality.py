@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 import cv2
 import numpy as np
 
+from .headpose import head_pose
+
 #: The central part of the aligned crop that is face in the ArcFace template (skips hair, background, warp borders).
 _CORE = (slice(24, 104), slice(20, 92))
 
@@ -34,14 +36,19 @@ class Quality:
     brightness: float
     #: Share of the core's pixels that are black (<= 8) or white (>= 247).
     clipped: float
-    #: Head turn left/right estimated from the nose tip's offset between the eyes, degrees (None without a nose point).
+    #: Head turn, degrees: > 0 the face turned toward the image's left (the subject's right), < 0 toward its right.
+    #: From the detector's 4 or 5 points (``headpose.head_pose``); None with the eye points alone.
     yaw: float | None
-    #: Tilt of the eye line, degrees.
+    #: Head tilt in the image plane, degrees, > 0 clockwise as seen in the image (the head pose's roll with 4 or
+    #: 5 points, else the eye line's angle).
     roll: float
     #: Embedding feature norm before normalisation (low for poor faces); None until the face is embedded.
     feature_norm: float | None = None
     #: Share of the aligned crop that lies inside the input image (a tight client crop leaves its borders black).
     coverage: float = 1.0
+    #: Head nod, degrees, > 0 chin up (``headpose.head_pose``; YuNet's points place it to ~10 degrees, see there);
+    #: None with fewer than 4 points.
+    pitch: float | None = None
 
     def to_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -96,13 +103,19 @@ class Verdict:
 
 
 def pose_from_points(points: np.ndarray) -> tuple[float | None, float]:
-    """(yaw, roll) in degrees from alignment points (eyes first, then the nose tip if present).
+    """(yaw, roll) in degrees from alignment points (eyes first, then the nose tip if present), in
+    ``Quality``'s convention: yaw > 0 the face turned toward the image's left, roll > 0 clockwise.
 
-    Roll is the eye line's angle. Yaw comes from how far the nose tip sits from the eyes'
-    midpoint along the eye line, in inter-eye distances: on a frontal face 0; the nose
-    projects about 0.5 inter-eye distances sideways per radian of turn (a head-model estimate,
-    good to a few degrees up to ~45, saturating beyond; used only as a gate).
+    With 4 or 5 points (BlazeFace's, YuNet's): the head pose fitted to a 3D mean face
+    (``headpose.head_pose``). With 2: no yaw, and roll is the eye line's angle. With 3 (eyes and
+    nose tip): yaw from how far the nose tip sits from the eyes' midpoint along the eye line, at
+    about 0.5 inter-eye distances per radian of turn (saturates beyond ~45 degrees: reads 90 for a
+    face turned 30 on real photos, ``bench/headpose.py``).
     """
+    if len(points) in (4, 5):
+        pose = head_pose(points)
+        if pose is not None:
+            return pose.yaw, pose.roll
     p = np.asarray(points, dtype=np.float64).tolist()  # a few points: plain floats (NumPy's call overhead)
     dx, dy = p[1][0] - p[0][0], p[1][1] - p[0][1]
     iod = math.hypot(dx, dy)
@@ -110,7 +123,7 @@ def pose_from_points(points: np.ndarray) -> tuple[float | None, float]:
     if len(p) < 3 or iod < 1e-6:
         return None, roll
     offset = ((p[2][0] - (p[0][0] + p[1][0]) / 2) * dx + (p[2][1] - (p[0][1] + p[1][1]) / 2) * dy) / (iod * iod)
-    yaw = math.degrees(math.asin(min(1.0, max(-1.0, offset / 0.5))))
+    yaw = -math.degrees(math.asin(min(1.0, max(-1.0, offset / 0.5))))  # nose toward the image's right: yaw < 0
     return yaw, roll
 
 
@@ -143,7 +156,11 @@ def measure(
     # Divided by the core's own contrast so that a dim face is called dark, not blurred.
     sharpness = 100.0 * lap_sd * lap_sd / max(sd * sd, 1.0)
     clipped = 1.0 - cv2.countNonZero(cv2.inRange(core, 9, 246)) / core.size  # <= 8 or >= 247
-    yaw, roll = pose_from_points(points)
+    pose = head_pose(points) if len(points) in (4, 5) else None
+    if pose is not None:
+        yaw, roll, pitch = pose.yaw, pose.roll, pose.pitch
+    else:
+        (yaw, roll), pitch = pose_from_points(points), None
     return Quality(
         face_px=float(face_px),
         det_score=None if det_score is None else float(det_score),
@@ -153,6 +170,7 @@ def measure(
         yaw=yaw,
         roll=roll,
         coverage=1.0 if image_shape is None else coverage(matrix, image_shape, aligned.shape[0]),
+        pitch=pitch,
     )
 
 

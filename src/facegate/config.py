@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = Field(
         "", description="Reverse proxies trusted for X-Forwarded-For (comma-separated IPs), so limits see the real client."
     )
+    allowed_hosts: str = Field(
+        "",
+        description="Host header names answered besides localhost, loopback addresses and the bind address (any IP address "
+        "when bound to 0.0.0.0); comma-separated, '*' any. Others: 400 (DNS rebinding).",
+    )
     max_connections: int = Field(1024, ge=1, description="Open connections at most; beyond, 503.")
     encryption_key: str | None = Field(
         None,

@@ -317,7 +317,7 @@ def test_slow_body_is_cut_off_with_408(limited):
     u = urlparse(limited.url)
     with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
         sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
+            b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n"
             + f"Authorization: Bearer {limited.keys['b']}\r\n\r\n".encode()
             + b'{"image": "'
         )

@@ -14,12 +14,13 @@ from facegate.config import Settings
 from facegate.pipeline import Pipeline
 from facegate import web
 from facegate.gallery.backends import describe, keys_for
-from facegate.security.exposure import OpenMode
+from facegate.security.exposure import HostPolicy, OpenMode
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
 from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, TimeoutMiddleware
 from .metrics import Metrics
+from .origin import HostOriginMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     )
     app.add_middleware(AuthMiddleware, limits=limits)  # before any body is read
     app.add_middleware(TimeoutMiddleware, timeout_s=settings.request_timeout_s)
+    hosts = HostPolicy(settings.allowed_hosts, settings.host)
+    app.add_middleware(HostOriginMiddleware, policy=hosts)  # first refusal: foreign Host (400) or Origin (403)
     metrics.install(app)  # outermost: it also counts what the ones above refuse
     errors.install(app)
     app.include_router(legacy.router)

@@ -178,8 +178,26 @@ def is_json(content_type: str) -> bool:
     return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
+#: Routes that take a body: JSON only, or JSON or multipart/form-data (file uploads).
+JSON_ONLY_ROUTES = re.compile(r"^/(register|predict)$")
+JSON_OR_FORM_ROUTES = re.compile(r"^/v1/(identify|verify|people|people/[^/]+/faces)$")
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
+def _is_form(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "multipart/form-data"
+
+
 class JsonBodyMiddleware:
-    """Refuses a JSON body nested deeper than ``MAX_JSON_DEPTH`` with 422, before a route parses it.
+    """Refuses a body of another type than the route takes with 415 (a ``text/plain`` POST, the kind a
+    web page sends without a CORS preflight), and a JSON body nested deeper than ``MAX_JSON_DEPTH``
+    with 422, before a route parses it.
 
     Innermost of the limits: a body reaches it only within the size cap, from a caller that may
     send it, on a server with room. The body is read here and handed on unchanged.
@@ -192,8 +210,16 @@ class JsonBodyMiddleware:
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH", "DELETE"):
             await self.app(scope, receive, send)
             return
-        ctype = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"content-type"), "")
+        headers = scope.get("headers", [])
+        ctype = next((v.decode("latin-1") for k, v in headers if k == b"content-type"), "")
         if not is_json(ctype):
+            path = scope.get("path", "")
+            form = JSON_OR_FORM_ROUTES.match(path) is not None
+            if _has_body(headers) and (form or JSON_ONLY_ROUTES.match(path)) and not (form and _is_form(ctype)):
+                kinds = "application/json or multipart/form-data" if form else "application/json"
+                shown = ctype.split(";", 1)[0].strip()[:80] or "none"
+                await send_error(send, 415, "unsupported_media_type", f"{path} takes {kinds} (Content-Type), not {shown}")
+                return
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -102,6 +102,36 @@ def test_eval_tiny_folder_json_and_plots(tiny_folder, tmp_path):
     for name in ("det.png", "similarity.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "TAR@1e-3" in proc.stderr  # the table
+    # Without --edc nothing of it is written or printed.
+    assert "edc" not in doc and not list(plots.glob("edc*")) and "EDC" not in proc.stderr
+
+
+def test_eval_edc_writes_curves_per_set(tiny_folder, tmp_path):
+    plots = tmp_path / "plots"
+    args = ("--edc", "--far", "0.1", "--strangers", "0", "--plots", str(plots), "--degrade", "dark")
+    proc = facegate("eval", str(tiny_folder), *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((plots / "edc.json").read_text())
+    assert doc["fmr"] == 0.1
+    assert [(s["variant"], s["degradation"]) for s in doc["sets"]] == [("default", "none"), ("default", "dark")]
+    for s in doc["sets"]:
+        res = s["edc"]
+        assert (plots / Path(s["png"]).name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert res["genuine_pairs"] == ASTRONAUT_PHOTOS * (ASTRONAUT_PHOTOS - 1) // 2
+        assert res["fmr_achieved"] <= 0.1
+        # Every measured quality field (read generically) and both gates, each a curve over the same fractions.
+        expected = {"face_px", "sharpness", "brightness", "clipped", "roll", "feature_norm", "gate_retry", "gate_enrol"}
+        assert expected <= set(res["signals"])
+        for row in res["signals"].values():
+            assert len(row["fnmr"]) == len(res["fractions"]) and row["fnmr"][0] == res["fnmr"]
+        # The random line is flat at the undiscarded FNMR.
+        assert res["random"]["fnmr"] == [res["fnmr"]] * len(res["fractions"])
+        # The gate's limits in force are read from the pipeline (enrolment refuses faces under 48 px).
+        assert res["signals"]["face_px"]["at_limit"]["gate_enrol"]["limit"] == 48.0
+    out = proc.stdout.splitlines()
+    assert sum(ln.startswith("EDC default") for ln in out) == 2 and any(ln.startswith("gate_retry") for ln in out)
+    start = out.index(next(ln for ln in out if ln.startswith("EDC default")))
+    assert all(len(ln) <= 80 for ln in out[start:] if not ln.startswith("wrote"))
 
 
 def test_eval_refuses_bad_input(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -117,9 +118,24 @@ def eval_command(
     plots: Annotated[Path, typer.Option(help="Folder for det.png and similarity.png.")] = Path("facegate-eval"),
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNG.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON on stdout (the table goes to stderr).")] = False,
+    edc: Annotated[
+        bool,
+        typer.Option(
+            "--edc",
+            help="Also error-versus-discard curves of each quality signal and of the gates, per set: "
+            "edc-*.png and edc.json in the plots folder, and a table.",
+        ),
+    ] = False,
+    far: Annotated[
+        float, typer.Option(help="With --edc: the FMR the comparison threshold is fixed at, on the full set.")
+    ] = 1e-3,
 ) -> None:
     """Measure recognition on labelled photos with the server's own pipeline: verification, open-set identification, misses, quality rejects."""
     from facegate.eval.evaluate import DEGRADATIONS, save_plots
+
+    if edc and not 0 < far < 1:
+        console.print("[red]error:[/red] --far must be between 0 and 1")
+        raise typer.Exit(2)
 
     variants = [v for v in (compare or "default").split(",") if v.strip()]
     sets: list[str | None] = [None]
@@ -132,9 +148,14 @@ def eval_command(
         sets += names
     results = _run(folder, config, variants, sets, enroll, strangers, seed, quiet=False)
     files = [] if no_plots else [str(p) for p in save_plots(results, plots)]
+    curves = _edc(results, far, plots, no_plots, folder) if edc else None
+    if curves is not None:
+        files += curves["files"]
     table = summary_table(results)
     if as_json:
         Console(stderr=True, width=None if console.is_terminal else 200).print(table)
+        if curves is not None:
+            print("\n".join(curves["lines"]), file=sys.stderr)
         doc = {
             "folder": str(folder),
             "enroll": enroll,
@@ -143,12 +164,59 @@ def eval_command(
             "plots": files,
             "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
         }
+        if curves is not None:
+            doc["edc"] = curves["doc"]
         print(json.dumps(doc, indent=2))
     else:
         out = Console()
         Console(width=None if out.is_terminal else 200).print(table)
+        if curves is not None:
+            print("\n".join(curves["lines"]))
         for f in files:
             console.print(f"wrote {escape(f)}")
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=+-]+", "_", name).strip("_") or "set"
+
+
+def _edc(results: list[dict[str, Any]], far: float, plots: Path, no_plots: bool, folder: Path) -> dict[str, Any]:
+    """EDC of every result: the curves' numbers (edc.json in ``plots``), a PNG each, and the 80-column tables."""
+    from facegate.eval.edc import table_lines
+    from facegate.eval.evaluate import edc_report, result_name, save_edc_plot
+
+    doc: dict[str, Any] = {"folder": str(folder), "fmr": far, "sets": []}
+    lines: list[str] = []
+    files: list[str] = []
+    for r in results:
+        name = result_name(r)
+        res = edc_report(r, far)
+        entry: dict[str, Any] = {"variant": r["variant"], "degradation": r["degradation"], "png": None, "edc": res}
+        if res is None:
+            lines += [f"EDC {name}: no genuine or no impostor pair", ""]
+        else:
+            lines += table_lines(name, res) + [""]
+            if not no_plots:
+                png = save_edc_plot(name, res, plots / f"edc-{_slug(name)}.png")
+                entry["png"] = str(png)
+                files.append(str(png))
+        doc["sets"].append(entry)
+    plots.mkdir(parents=True, exist_ok=True)
+    path = plots / "edc.json"
+    path.write_text(json.dumps(doc, indent=1))
+    files.append(str(path))
+    lines.append(
+        "pAUC/rnd: area under the EDC to 10% discarded over the random line's (1 = random, lower is better); "
+        "p: share of random face qualities doing as well; FNMR% at 0/1/5% of genuine pairs discarded; "
+        "cut@5%: signal value there; below?: YES p<=0.01, weak p<=0.05."
+    )
+    return {"doc": doc, "lines": lines[:-1] + _wrap(lines[-1]), "files": files}
+
+
+def _wrap(text: str, width: int = 80) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
 
 
 _THRESHOLD_LINE = re.compile(r"^\s*threshold\s*=")

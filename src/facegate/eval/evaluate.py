@@ -24,7 +24,7 @@ import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from facegate.config import Settings
 from facegate.errors import FaceGateError, NoFaceError
 from facegate.gallery.sqlite import NewFace
 from facegate.vision.imageio import ImageLimits, decode_image, encode_jpeg, read_image_file
+from facegate.vision.quality import Quality
 from .metrics import eer, pair_scores, tar_at_far
 from facegate.pipeline import LocatedFace, Pipeline
 from facegate.rank import Decision, Neighbour, rank
@@ -340,9 +341,44 @@ class Evaluation:
             result["quality_effect"] = self._quality_effect(probes)
             result["identification"] = self._identification(pipe, variant, clean, probes, gate)
             result["_scores"] = (gen, imp)
+            result["_faces"] = self._edc_inputs(pipe, probes)
             return result
         finally:
             pipe.close()
+
+    def _edc_inputs(self, pipe: Pipeline, faces: list[_Face]) -> dict[str, Any]:
+        """What ``edc_report`` needs, for every embedded face whatever the gate says: labels, vectors,
+        each quality signal (every numeric field of ``Quality``), the two gates' verdicts and their limits."""
+        idx = [i for i, f in enumerate(faces) if f.vector is not None]
+        qs = [faces[i].located.quality for i in idx]
+        signals: dict[str, list[float | None]] = {}
+        for fld in fields(Quality):
+            vals = [None if q is None else getattr(q, fld.name) for q in qs]
+            numeric = all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in vals)
+            if numeric and any(v is not None for v in vals):
+                signals[fld.name] = vals
+                if fld.name == "brightness":
+                    signals["brightness_hi"] = vals  # the same measure, over-lit first (the max_brightness limit)
+        limits: dict[str, dict[str, float]] = {}
+        for gate, th in (("gate_retry", pipe.retry_limits), ("gate_enrol", pipe.enroll_limits)):
+            lim: dict[str, float] = {}
+            for fld in fields(th):
+                value = getattr(th, fld.name)
+                kind, _, sig = fld.name.partition("_")
+                if value is None or kind not in ("min", "max"):
+                    continue
+                lim[sig + "_hi" if kind == "max" and sig == "brightness" else sig] = float(value)
+            limits[gate] = lim if pipe.settings.quality_gate else {}
+        return {
+            "labels": [self.photos[i].person for i in idx],
+            "vectors": np.stack([faces[i].vector for i in idx]) if idx else np.zeros((0, 0)),
+            "qualities": signals,
+            "gates": {
+                "gate_retry": [not faces[i].probe_reasons for i in idx],
+                "gate_enrol": [not faces[i].enroll_reasons for i in idx],
+            },
+            "limits": limits,
+        }
 
     def _detection_and_quality(self, faces: list[_Face]) -> dict[str, Any]:
         n = len(faces)
@@ -583,6 +619,71 @@ def save_plots(results: Sequence[dict[str, Any]], folder: Path) -> list[Path]:
         plt.close(fig)
         paths.append(p)
     return paths
+
+
+def edc_report(result: dict[str, Any], fmr: float = 1e-3, *, draws: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """Error-versus-discard characteristics of one result (``facegate.eval.edc.analyse`` over its faces),
+    None when the set has no genuine or no impostor pair (with no false non-match, the ratios are None)."""
+    from . import edc
+
+    d = result["_faces"]
+    if len(d["labels"]) < 3:
+        return None
+    try:
+        return edc.analyse(
+            d["labels"], d["vectors"], d["qualities"], fmr=fmr, gates=d["gates"], limits=d["limits"], draws=draws, seed=seed
+        )
+    except ValueError:
+        return None
+
+
+def result_name(result: dict[str, Any]) -> str:
+    return result["variant"] + ("" if result["degradation"] == "none" else f" / {result['degradation']}")
+
+
+def save_edc_plot(name: str, res: dict[str, Any], path: Path) -> Path:
+    """One EDC plot: FNMR (threshold fixed at the FMR target on the full set) against the share of genuine
+    comparisons discarded, lowest pairwise quality first; one line per signal, the gates, random and ideal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = 100 * np.asarray(res["fractions"])
+    fig, ax = plt.subplots(figsize=(9.0, 5.4), dpi=110)
+    colours = plt.get_cmap("tab20").colors
+    sig = [(k, r) for k, r in res["signals"].items() if r["kind"] != "gate"]
+    for n, (k, r) in enumerate(sig):
+        ratio = "-" if r["pauc_ratio"] is None else f"{r['pauc_ratio']:.2f}"
+        ax.plot(f, 100 * np.asarray(r["fnmr"]), color=colours[n % 20], lw=1.2, label=f"{k} ({ratio})")
+    for k, r in res["signals"].items():
+        if r["kind"] == "gate":
+            ratio = "-" if r["pauc_ratio"] is None else f"{r['pauc_ratio']:.2f}"
+            style = "-" if k == "gate_retry" else "-."
+            ax.plot(f, 100 * np.asarray(r["fnmr"]), color="k", lw=2.2, ls=style, label=f"{k} ({ratio})")
+    flat = "1.00" if res["false_non_matches"] else "-"
+    ax.plot(f, 100 * np.asarray(res["random"]["fnmr"]), color="grey", lw=1.5, ls="--", label=f"random discard ({flat})")
+    ideal = res["ideal"]["pauc_ratio"]
+    ideal_text = "-" if ideal is None else f"{ideal:.2f}"
+    ax.plot(f, 100 * np.asarray(res["ideal"]["fnmr"]), color="grey", lw=1.2, ls=":", label=f"ideal ({ideal_text})")
+    ax.axvline(100 * res["pauc_upto"], color="grey", lw=0.5, ls=":")
+    ax.set_xlim(0, f[-1])
+    ax.set_ylim(0, max(100 * res["fnmr"] * 1.6, 1e-3))
+    ax.set_xlabel("genuine comparisons discarded, lowest pairwise quality first (%)")
+    ax.set_ylabel(f"FNMR at FMR {res['fmr']:g} (threshold {res['threshold']:.3f}, fixed) (%)")
+    ax.set_title(
+        f"EDC, {name}: {res['genuine_pairs']:,} genuine pairs, {res['false_non_matches']} misses"
+        f" (legend: pAUC/random to {100 * res['pauc_upto']:g}% discarded)",
+        fontsize=8,
+    )
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def calibrated_threshold(result: dict[str, Any], far: float) -> tuple[float, float]:

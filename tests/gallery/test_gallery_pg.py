@@ -399,7 +399,7 @@ def test_migrating_an_encrypted_gallery_needs_its_key_and_seals_the_way_back(pg_
     data, back = tmp_path / "sealed", tmp_path / "back"
     v = unit(np.random.default_rng(49), 3)
     g = Gallery(data, MODEL, DIM, encryption_key=key)
-    g.add_person("Sealed", faces(v, crop_jpeg=b"\xff\xd8 a crop"), MODEL)
+    g.add_person("Sealed", faces(v, crop_jpeg=b"\xff\xd8 a crop", source="Sealed_0001.jpg"), MODEL)
     g.close()
     url = pg_database()
     with pytest.raises(MigrationError, match="encrypted"):
@@ -408,9 +408,10 @@ def test_migrating_an_encrypted_gallery_needs_its_key_and_seals_the_way_back(pg_
     assert migrate_gallery(url, str(back), encryption_key=key).ok
     for f in back.iterdir():
         raw = f.read_bytes()
-        assert v[0].tobytes() not in raw and b"\xff\xd8 a crop" not in raw and b"Sealed" not in raw, f
+        assert v[0].tobytes() not in raw and b"\xff\xd8 a crop" not in raw and b"Sealed" not in raw, f  # names, sources
     with pytest.raises(EncryptionError):
         Gallery(back, MODEL, DIM)
     g = Gallery(back, MODEL, DIM, encryption_key=key)
     assert g.search(v[1], 1)[0].name == "Sealed" and g.face_crop(g.find_person("sealed").faces[0].id) == b"\xff\xd8 a crop"
+    assert {f.source for f in g.find_person("sealed").faces} == {"Sealed_0001.jpg"}
     g.close()

@@ -159,7 +159,7 @@ def gallery_new_key() -> None:
 
 
 def gallery_encrypt(data: DataOpt = None, config: ConfigOpt = None) -> None:
-    """Seal an existing gallery's vectors, crops and names with FACEGATE_ENCRYPTION_KEY, in one transaction."""
+    """Seal an existing gallery's vectors, crops, names and source labels with FACEGATE_ENCRYPTION_KEY, in one transaction."""
     from facegate.gallery.sqlite import Gallery
 
     s = _settings(config, data)

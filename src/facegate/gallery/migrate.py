@@ -82,6 +82,8 @@ def read_sqlite(data_dir: Path, encryption_key: str | None) -> Dump:
             "SELECT id, person_id, model_id, embedding, crop, source, created_at FROM faces ORDER BY id"
         ):
             v = np.frombuffer(sealer.open(emb), dtype=np.float32)
+            if source is not None and meta.get("sources") == "sealed":
+                source = sealer.open_text(source)
             d.faces.append((fid, pid, model, v, sealer.open(crop), source, at))
         has_keys = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'api_keys'").fetchone()
         if has_keys:
@@ -196,7 +198,10 @@ def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: 
             for chunk in _batches(d.faces):
                 con.executemany(
                     "INSERT INTO faces (id, person_id, model_id, embedding, crop, source, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(f, p, m, sealer.seal(np.asarray(v, np.float32).tobytes()), sealer.seal(c), s, at) for f, p, m, v, c, s, at in chunk],
+                    [
+                        (f, p, m, sealer.seal(np.asarray(v, np.float32).tobytes()), sealer.seal(c), None if s is None else sealer.seal_text(s), at)
+                        for f, p, m, v, c, s, at in chunk
+                    ],
                 )
                 progress(len(chunk))
             con.executemany("INSERT INTO api_keys (id, role, name, secret_sha256, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)", d.keys)

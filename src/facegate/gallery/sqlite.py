@@ -139,6 +139,16 @@ def _seal_names(cur: sqlite3.Cursor, sealer: Sealer) -> int:
     return len(rows)
 
 
+def _seal_sources(cur: sqlite3.Cursor, sealer: Sealer) -> int:
+    """Every face's source label (an enrolment photo's file name, which may hold the name) sealed, in
+    the caller's transaction; the count."""
+    rows = cur.execute("SELECT id, source FROM faces WHERE source IS NOT NULL").fetchall()
+    for fid, source in rows:
+        cur.execute("UPDATE faces SET source = ? WHERE id = ?", (sealer.seal_text(source), fid))
+    cur.execute("INSERT OR REPLACE INTO meta VALUES ('sources', 'sealed')")
+    return len(rows)
+
+
 def _person_id_by_key(db: sqlite3.Connection | sqlite3.Cursor, key: str) -> int | None:
     row = db.execute("SELECT id FROM people WHERE name_key = ?", (key,)).fetchone()
     return int(row[0]) if row else None
@@ -424,10 +434,16 @@ class Gallery(GalleryCounts):
                 )
             if row[0] != fp:
                 raise EncryptionError(f"FACEGATE_ENCRYPTION_KEY is not the key the gallery in {self.data_dir} was sealed with")
+            scrub = False
             if cur.execute("SELECT 1 FROM meta WHERE key = 'names' AND value = 'sealed'").fetchone() is None:
                 n = _seal_names(cur, self._sealer)
                 log.info("sealed the names of %d people (a gallery encrypted before names were)", n)
-                return True
+                scrub = True
+            if cur.execute("SELECT 1 FROM meta WHERE key = 'sources' AND value = 'sealed'").fetchone() is None:
+                n = _seal_sources(cur, self._sealer)
+                log.info("sealed the source labels of %d faces (a gallery encrypted before they were)", n)
+                scrub = True
+            return scrub
         elif fp is not None:
             if cur.execute("SELECT 1 FROM faces UNION ALL SELECT 1 FROM people LIMIT 1").fetchone() is not None:
                 raise EncryptionError(
@@ -436,6 +452,7 @@ class Gallery(GalleryCounts):
                 )
             cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (fp,))
             cur.execute("INSERT INTO meta VALUES ('names', 'sealed')")
+            cur.execute("INSERT INTO meta VALUES ('sources', 'sealed')")
         return False
 
     def _scrub(self) -> None:
@@ -451,6 +468,13 @@ class Gallery(GalleryCounts):
         value (a person another process enrolled since this one last caught up)."""
         name = self._names.get(person_id)
         return name if name is not None else self._sealer.open_text(stored)
+
+    def _seal_source(self, source: str | None) -> str | None:
+        return None if source is None else self._sealer.seal_text(source)
+
+    def _source(self, stored: str | None) -> str | None:
+        """A face's source label in the clear (sealed with the names when encrypted)."""
+        return None if stored is None else self._sealer.open_text(stored)
 
     def _lookup_key(self, name: str) -> str:
         """The ``name_key`` column's value for ``name``: its case-folded form, keyed-hashed when sealed."""
@@ -693,7 +717,7 @@ class Gallery(GalleryCounts):
         for f, v in zip(faces, vecs):
             cur.execute(
                 "INSERT INTO faces (person_id, model_id, embedding, crop, source, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (person_id, model_id, self._sealer.seal(v.tobytes()), self._sealer.seal(f.crop_jpeg), f.source, now),
+                (person_id, model_id, self._sealer.seal(v.tobytes()), self._sealer.seal(f.crop_jpeg), self._seal_source(f.source), now),
             )
             ids.append(int(cur.lastrowid))
         return ids
@@ -790,7 +814,7 @@ class Gallery(GalleryCounts):
             self._load()
 
     def seal_existing(self, key: str) -> int:
-        """Encrypt an unencrypted gallery's vectors, crops and names in place, in one transaction; returns the faces sealed."""
+        """Encrypt an unencrypted gallery's vectors, crops, names and source labels in place, in one transaction; returns the faces sealed."""
         sealer = Sealer(key)
         with self._lock:
             self._sync()
@@ -801,6 +825,7 @@ class Gallery(GalleryCounts):
                 for fid, emb, crop in rows:
                     cur.execute("UPDATE faces SET embedding = ?, crop = ? WHERE id = ?", (sealer.seal(emb), sealer.seal(crop), fid))
                 people = _seal_names(cur, sealer)
+                _seal_sources(cur, sealer)
                 cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (sealer.fingerprint,))
                 audit.record(cur, audit.ENCRYPT, None, faces=len(rows), people=people)
             self._scrub()
@@ -826,7 +851,7 @@ class Gallery(GalleryCounts):
                 people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
                 faces: dict[int, list] = {}
                 for f in self._db.execute("SELECT id, person_id, source, created_at, embedding FROM faces ORDER BY id"):
-                    faces.setdefault(f[1], []).append((f[0], f[2], f[3], self._sealer.open(f[4])))
+                    faces.setdefault(f[1], []).append((f[0], self._source(f[2]), f[3], self._sealer.open(f[4])))
             finally:
                 self._db.execute("COMMIT")
         return [
@@ -842,7 +867,7 @@ class Gallery(GalleryCounts):
             faces = self._db.execute(
                 "SELECT id, source, created_at, crop IS NOT NULL FROM faces WHERE person_id = ? ORDER BY id", (person_id,)
             ).fetchall()
-        faces_ = tuple(FaceRecord(f[0], f[1], f[2], bool(f[3])) for f in faces)
+        faces_ = tuple(FaceRecord(f[0], self._source(f[1]), f[2], bool(f[3])) for f in faces)
         return Person(row[0], self._name(row[0], row[1]), row[2], len(faces), faces_)
 
     def find_person(self, name: str) -> Person | None:

@@ -1,8 +1,9 @@
-"""Encryption at rest of face vectors, crops and names (optional), with a key from the environment.
+"""Encryption at rest of face vectors, crops, names and source labels (optional), with a key from the environment.
 
 Threat model: a copy of the data directory (a stolen disk, a backup, a leaked file) must not yield
 anyone's face, nor the list of who is enrolled. Fernet (AES-128-CBC with HMAC-SHA256, from
-``cryptography``) seals each vector, each crop and each name; a wrong key fails loudly instead of
+``cryptography``) seals each vector, each crop, each name and each face's source label (an enrolment
+photo's file name often holds the name); a wrong key fails loudly instead of
 producing garbage. A name is found (and kept unique) through a keyed hash of its case-folded form
 (HMAC-SHA256 under a key derived from the same key): equal names give equal hashes, which SQL can
 index, while the hash shows nothing without the key. Not protected: times, counts and the audit log

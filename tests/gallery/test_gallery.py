@@ -651,6 +651,54 @@ def test_delete_leaves_no_trace_of_the_vectors_on_disk(data_dir, exact_max, ann)
     assert not on_disk(gone[0]) and not on_disk(gone[1])
 
 
+def test_a_reader_blocking_the_purge_is_said_and_the_purge_ends_when_it_goes(data_dir):
+    """Issue 19 (6): a read transaction held by another connection (as `sqlite3 .backup` holds one) kept
+    the deleted person's name, lookup key and crop in the -wal file, also after it closed, and the delete
+    waited 30 s for it. Now the delete answers within a second, says the purge is pending, and the
+    purge ends when the reader goes."""
+    rng = np.random.default_rng(66)
+    keep, gone = unit(rng, 2), unit(rng, 2)
+    g = open_gallery(data_dir, exact_search_max=10_000)
+    g.add_person("Keeper Kim", faces(keep, crop_jpeg=b"crop of the keeper"), MODEL)
+    p = g.add_person("Leaver Lou", faces(gone, crop_jpeg=b"crop of the leaver 5c1e"), MODEL)
+    needles = [b"Leaver Lou", b"leaver lou", b"crop of the leaver 5c1e", np.asarray(gone[0], np.float32).tobytes()]
+
+    def on_disk() -> list[str]:
+        return [f"{f.name}: {n[:12]!r}" for f in data_dir.iterdir() if f.is_file() for n in needles if n in f.read_bytes()]
+
+    reader = sqlite3.connect(data_dir / DB_NAME)
+    try:
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT COUNT(*) FROM faces").fetchone()[0] == 4  # a snapshot, held
+        t0 = time.monotonic()
+        g.delete_person(p.id)
+        assert time.monotonic() - t0 < 5
+        assert g.purge_pending
+        assert [x.name for x in g.list_people()] == ["Keeper Kim"]  # deleted for every read all the same
+        time.sleep(0.6)
+        assert g.purge_pending and any(h.startswith(DB_NAME + "-wal") for h in on_disk())
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    deadline = time.monotonic() + 10
+    while g.purge_pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not g.purge_pending
+    assert not on_disk()
+    assert g.get_person(1).name == "Keeper Kim"
+    g.close()
+    assert not on_disk()
+
+
+def test_without_a_reader_the_purge_is_done_at_once(data_dir):
+    g = open_gallery(data_dir)
+    p = g.add_person("Quick Quinn", faces(unit(np.random.default_rng(67), 1)), MODEL)
+    g.delete_person(p.id)
+    assert not g.purge_pending
+    assert not (data_dir / (DB_NAME + "-wal")).exists() or (data_dir / (DB_NAME + "-wal")).stat().st_size == 0
+    g.close()
+
+
 def test_writes_do_not_rebuild_and_the_index_is_saved_in_the_background(data_dir):
     """An enrolment adds to the live index (no rebuild); the file follows within the save delay."""
     rng = np.random.default_rng(123)

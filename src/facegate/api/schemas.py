@@ -144,6 +144,14 @@ class PersonOut(PersonSummary):
     faces: list[FaceOut]
 
 
+class DeletedPerson(PersonSummary):
+    purge: Literal["done", "pending"] = Field(
+        "done",
+        description='"pending": a reader (a backup) holds the database, so the deleted data is still in its -wal file; '
+        "it is purged when the reader goes (GET /healthz: purge_pending).",
+    )
+
+
 class PeopleList(BaseModel):
     people: list[PersonSummary]
     count: int
@@ -167,6 +175,9 @@ class Health(BaseModel):
     fallback_detector: str = Field(..., description="Detector tried when BlazeFace finds no face, or none.")
     quality_gate: bool = Field(..., description="Poor faces refused at enrolment and answered 'retry' at identification.")
     gallery: GalleryHealth
+    purge_pending: bool = Field(
+        False, description="A deleted person's data is still in the database's -wal file: a reader (a backup) blocks its purge, retried until it goes."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -23,6 +23,7 @@ from facegate.pipeline import Identification
 from .deps import PipelineDep, RowId, WorkerDep
 from .schemas import (
     Box,
+    DeletedPerson,
     EnrollJSON,
     ErrorBody,
     FaceMatch,
@@ -190,10 +191,17 @@ async def get_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerDep)
     return _person_out(await worker.run(pipeline.gallery.get_person, person_id))
 
 
-@router.delete("/people/{person_id}", response_model=PersonSummary, responses=ERRORS)
-async def delete_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> PersonSummary:
-    """Forget a person: their faces, crops and index entries are removed."""
-    return _summary(await worker.run(pipeline.gallery.delete_person, person_id))
+@router.delete("/people/{person_id}", response_model=DeletedPerson, responses=ERRORS)
+async def delete_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> DeletedPerson:
+    """Forget a person: their faces, crops and index entries are removed. ``purge`` is "pending" while
+    a reader keeps the deleted data in the database's log; it is retried until the reader goes."""
+
+    def work():
+        person = pipeline.gallery.delete_person(person_id)
+        return person, getattr(pipeline.gallery, "purge_pending", False)
+
+    person, pending = await worker.run(work)
+    return DeletedPerson(**_summary(person).model_dump(), purge="pending" if pending else "done")
 
 
 @router.post(
@@ -257,4 +265,5 @@ async def healthz(pipeline: PipelineDep) -> Health:
         fallback_detector=pipeline.settings.fallback_detector,
         quality_gate=pipeline.settings.quality_gate,
         gallery=GalleryHealth(people=people, faces=faces, search=mode),
+        purge_pending=getattr(pipeline.gallery, "purge_pending", False),
     )

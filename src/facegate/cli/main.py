@@ -278,6 +278,9 @@ def people_delete(
             raise typer.Exit(1)
         gallery.delete_person(person.id)
         console.print(f"deleted {escape(person.name)} (id {person.id}, {person.face_count} faces)")
+        if getattr(gallery, "purge_pending", False):
+            console.print("[yellow]warning:[/yellow] a reader (a backup? a server's query?) holds the database: the deleted "
+                          "data stays in its -wal file until it goes and a later checkpoint runs (a running server retries)")
     except FaceGateError as exc:
         console.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None

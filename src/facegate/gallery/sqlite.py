@@ -33,6 +33,7 @@ from facegate.security.encryption import Sealer
 from facegate.errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
 from .hnswindex import HnswIndex
 from .pqindex import PQIndex, RowMap, exact_top
+from .purge import WalPurger
 from facegate.rank import Neighbour
 
 log = logging.getLogger(__name__)
@@ -346,6 +347,7 @@ class Gallery(GalleryCounts):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA secure_delete=ON")  # deleted biometric data is overwritten, not left in free pages
+        self._purger = WalPurger(self._db, self._lock, str(self.data_dir / DB_NAME))  # ... nor in the WAL
         try:
             with self._tx() as cur:
                 for stmt in _SCHEMA.strip().split(";"):
@@ -479,6 +481,11 @@ class Gallery(GalleryCounts):
     def _lookup_key(self, name: str) -> str:
         """The ``name_key`` column's value for ``name``: its case-folded form, keyed-hashed when sealed."""
         return self._sealer.blind(name_key(name))
+
+    @property
+    def purge_pending(self) -> bool:
+        """True while a deleted person's data may still be in the -wal file (a reader blocked its purge)."""
+        return self._purger.pending
 
     @property
     def encrypted(self) -> bool:
@@ -775,8 +782,9 @@ class Gallery(GalleryCounts):
                 cur.execute("DELETE FROM people WHERE id = ?", (person_id,))
                 audit.record(cur, audit.DELETE, person_id, faces=person.face_count)
                 gen = self._bump(cur, ("delete", person_id, None, None))
-            # Old page images of the deleted rows live on in the WAL until a checkpoint: flush and empty it.
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # Old page images of the deleted rows live on in the WAL until a checkpoint: flush and empty it
+            # (or, while a reader blocks that, say so and retry: purge_pending).
+            self._purger.purge()
             self._apply_delete(person_id, gen)
             return person
 
@@ -809,7 +817,7 @@ class Gallery(GalleryCounts):
                 cur.execute("INSERT OR REPLACE INTO meta VALUES ('dim', ?)", (str(dim),))
                 audit.record(cur, audit.REEMBED, None, faces=len(ids), model=model_id)
                 self._bump(cur)
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._purger.purge()  # the old model's vectors
             self.model_id, self.dim = model_id, int(dim)
             self._load()
 
@@ -936,4 +944,5 @@ class Gallery(GalleryCounts):
                 self._sync()  # never stamp a stale index as current
                 self.flush()
             finally:
+                self._purger.close()
                 self._db.close()

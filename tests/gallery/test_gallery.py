@@ -265,6 +265,60 @@ def test_duplicate_name_case_insensitive_beyond_ascii(gal, first, dup):
     assert gal.find_person(dup) == p
 
 
+# Issue 19 (9): these were four people; names that render blank were accepted.
+LOOK_ALIKES = ["Ａｎａ", "\u0410na", "Ana\ufe0f", "ANA", "\u0391NA", "An\u0430", "  ana "]
+
+
+@pytest.mark.parametrize("dup", LOOK_ALIKES, ids=["fullwidth", "cyrillic A", "variation selector", "capitals", "greek A", "cyrillic a", "spaces"])
+def test_look_alike_names_are_one_person(gal, dup):
+    rng = np.random.default_rng(8)
+    a = gal.add_person("Ana", faces(unit(rng, 1)), MODEL)
+    with pytest.raises(PersonExistsError) as ei:
+        gal.add_person(dup, faces(unit(rng, 1)), MODEL)
+    assert "'Ana'" in ei.value.message and f"id {a.id}" in ei.value.message, ei.value.message  # names who holds it
+    assert ei.value.field == "user_name"
+    assert gal.person_count == 1 and gal.face_count == 1
+    assert gal.find_person(dup) == a
+
+
+@pytest.mark.parametrize("name", ["Ana-Maria", "Anna", "Ama", "Ana B", "Ána", "Ана"])
+def test_names_that_look_different_are_different_people(gal, name):
+    rng = np.random.default_rng(9)
+    gal.add_person("Ana", faces(unit(rng, 1)), MODEL)
+    assert gal.add_person(name, faces(unit(rng, 1)), MODEL).name == name
+    assert gal.person_count == 2
+
+
+@pytest.mark.parametrize("blank", ["\u3164", "\u3164\u3164", "\u2800", "\u2800 \u2800", "\u115f\u1160", "---", ". . .", "\ufe0f"])
+def test_names_without_a_letter_or_digit_are_refused(gal, blank):
+    with pytest.raises(InvalidNameError) as ei:
+        gal.add_person(blank, faces(unit(np.random.default_rng(10), 1)), MODEL)
+    assert "letter or digit" in ei.value.message and ei.value.field == "user_name"
+    assert gal.person_count == 0 and gal.face_count == 0
+
+
+def test_a_gallery_keyed_before_look_alikes_is_rekeyed_at_open(data_dir):
+    """Keys of the earlier kind (the case-folded name) are made again when the gallery is opened; two
+    people enrolled back then under look-alike names are both kept, the older one named in refusals."""
+    rng = np.random.default_rng(11)
+    g = open_gallery(data_dir)
+    first = g.add_person("Ana", faces(unit(rng, 1)), MODEL)
+    g.add_person("Marta", faces(unit(rng, 1)), MODEL)
+    g.close()
+    with sqlite3.connect(data_dir / DB_NAME) as db:  # back to the earlier format, with a look-alike enrolled
+        db.execute("INSERT INTO people (name, name_key, created_at) VALUES ('\u0410na', '\u0430na', '2026-01-01')")
+        db.execute("UPDATE people SET name_key = lower(name) WHERE id <= 2")
+        db.execute("DELETE FROM meta WHERE key = 'name_keys'")
+    g = open_gallery(data_dir)
+    try:
+        assert [p.name for p in g.list_people()] == ["Ana", "Marta", "\u0410na"]
+        assert g.find_person("ＡＮＡ") == g.get_person(first.id) and g.find_person("MARTA").name == "Marta"
+        with pytest.raises(PersonExistsError, match="'Ana'"):
+            g.add_person("An\u0430", faces(unit(rng, 1)), MODEL)
+    finally:
+        g.close()
+
+
 def test_duplicate_name_nothing_changed_on_disk(data_dir):
     rng = np.random.default_rng(6)
     g = open_gallery(data_dir)

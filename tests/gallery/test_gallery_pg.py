@@ -415,3 +415,24 @@ def test_migrating_an_encrypted_gallery_needs_its_key_and_seals_the_way_back(pg_
     assert g.search(v[1], 1)[0].name == "Sealed" and g.face_crop(g.find_person("sealed").faces[0].id) == b"\xff\xd8 a crop"
     assert {f.source for f in g.find_person("sealed").faces} == {"Sealed_0001.jpg"}
     g.close()
+
+
+def test_a_database_keyed_before_look_alikes_is_rekeyed_at_open(pg_database):
+    """Issue 19 (9): migration 2 and the keys made again (names compared by how they look)."""
+    url = pg_database()
+    rng = np.random.default_rng(61)
+    g = PgGallery(url, MODEL, DIM)
+    first = g.add_person("Ana", faces(unit(rng, 1)), MODEL)
+    g.close()
+    with psycopg.connect(url) as con:  # back to keys of the earlier kind, with a look-alike enrolled back then
+        con.execute("UPDATE people SET name_key = lower(name)")
+        con.execute("INSERT INTO people (name, name_key, created_at) VALUES ('\u0410na', '\u0430na', '2026-01-01')")
+        con.execute("UPDATE gallery_state SET name_keys = 1")
+    g = PgGallery(url, MODEL, DIM)
+    try:
+        assert g.find_person("ＡＮＡ").id == first.id
+        with pytest.raises(PersonExistsError, match="'Ana'"):
+            g.add_person("An\u0430", faces(unit(rng, 1)), MODEL)
+        assert [p.name for p in g.list_people()] == ["Ana", "\u0410na"]
+    finally:
+        g.close()

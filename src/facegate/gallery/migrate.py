@@ -22,6 +22,7 @@ import numpy as np
 from facegate.security import audit
 from facegate.security.encryption import Sealer
 from facegate.errors import FaceGateError
+from .names import rekeyed
 from .sqlite import DB_NAME, INDEX_META, INDEX_NAME, Gallery, name_key
 from .postgres import PgGallery, _audit, as_vector, is_postgres_url, redact
 
@@ -71,13 +72,11 @@ def read_sqlite(data_dir: Path, encryption_key: str | None) -> Dump:
         dim = int(meta["dim"])
         d = Dump(meta["model_id"], dim)
         con.execute("BEGIN")  # one consistent snapshot
-        if meta.get("names") == "sealed":  # names and their lookup keys in the clear, as every destination holds them
-            d.people = []
-            for pid, name, _, at in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id"):
-                plain = sealer.open_text(name)
-                d.people.append((pid, plain, name_key(plain), at))
-        else:
-            d.people = [tuple(r) for r in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id")]
+        # Names and their lookup keys in the clear, as every destination holds them; the keys made again
+        # (a gallery not opened since names were compared by look holds keys of the earlier kind).
+        sealed = meta.get("names") == "sealed"
+        rows = [(pid, sealer.open_text(n) if sealed else n, at) for pid, n, at in con.execute("SELECT id, name, created_at FROM people ORDER BY id")]
+        d.people = _with_keys(rows)
         for fid, pid, model, emb, crop, source, at in con.execute(
             "SELECT id, person_id, model_id, embedding, crop, source, created_at FROM faces ORDER BY id"
         ):
@@ -98,6 +97,12 @@ def read_sqlite(data_dir: Path, encryption_key: str | None) -> Dump:
     return d
 
 
+def _with_keys(people: list[tuple[int, str, str]]) -> list[tuple[int, str, str, str]]:
+    """(id, name, name_key, created_at) from (id, plain name, created_at), the keys as this FaceGate makes them."""
+    keys = dict(rekeyed([(pid, name) for pid, name, _ in people], name_key)[0])
+    return [(pid, name, keys[pid], at) for pid, name, at in people]
+
+
 def read_pg(url: str) -> Dump:
     g = PgGallery.open_existing(url)
     if g is None:
@@ -106,7 +111,7 @@ def read_pg(url: str) -> Dump:
         with g._pool.connection() as con:
             con.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             d = Dump(g.model_id, g.dim)
-            d.people = [(int(r[0]), r[1], r[2], r[3]) for r in con.execute("SELECT id, name, name_key, created_at FROM people ORDER BY id")]
+            d.people = _with_keys([(int(r[0]), r[1], r[2]) for r in con.execute("SELECT id, name, created_at FROM people ORDER BY id")])
             d.faces = [
                 (int(r[0]), int(r[1]), r[2], as_vector(r[3]), None if r[4] is None else bytes(r[4]), r[5], r[6])
                 for r in con.execute("SELECT id, person_id, model_id, embedding, crop, source, created_at FROM faces ORDER BY id")

@@ -32,7 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from facegate.security import audit
-from facegate.errors import EncryptionError, KeyRequestError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from facegate.errors import EncryptionError, KeyRequestError, ModelMismatchError, PersonNotFoundError
+from .names import exists_error, rekeyed
 from .sqlite import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
 from facegate.security.keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
 from facegate.rank import Neighbour
@@ -231,8 +232,23 @@ class PgGallery(GalleryCounts):
             with con.transaction():
                 self._check_model(con)
                 self._ensure_index(con, self.dim)
+                self._rekey_names(con)
         finally:
             con.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+    @staticmethod
+    def _rekey_names(con) -> None:
+        """Lookup keys made before names were compared by how they look are made again (once)."""
+        if con.execute("SELECT name_keys FROM gallery_state FOR UPDATE").fetchone()[0] >= 2:
+            return
+        keys, clashes = rekeyed([(int(r[0]), r[1]) for r in con.execute("SELECT id, name FROM people")], name_key)
+        con.execute("UPDATE people SET name_key = 'rekey#' || id")
+        with con.cursor() as cur:
+            cur.executemany("UPDATE people SET name_key = %s WHERE id = %s", [(k, pid) for pid, k in keys])
+        con.execute("UPDATE gallery_state SET name_keys = 2")
+        for pid, first in clashes:
+            log.warning("person %d's name looks like person %d's (both enrolled before names were compared by look); "
+                        "both are kept, new look-alikes are refused naming person %d", pid, first, first)
 
     def _check_model(self, con) -> None:
         stored_model, stored_dim, n = con.execute("SELECT model_id, dim, faces FROM gallery_state FOR UPDATE").fetchone()
@@ -302,15 +318,9 @@ class PgGallery(GalleryCounts):
     def ensure_name_free(self, name: str) -> None:
         """Raise ``PersonExistsError`` if ``name`` is taken (the unique key checks again inside the enrolment)."""
         with self._read() as con:
-            row = con.execute("SELECT id FROM people WHERE name_key = %s", (name_key(name),)).fetchone()
+            row = con.execute("SELECT id, name FROM people WHERE name_key = %s", (name_key(name),)).fetchone()
         if row is not None:
-            self._exists(name, int(row[0]))
-
-    @staticmethod
-    def _exists(name: str, pid: int):
-        raise PersonExistsError(
-            f"{name!r} is already enrolled (id {pid}); add faces with POST /v1/people/{pid}/faces", field="user_name"
-        )
+            raise exists_error(name, row[1], int(row[0]))
 
     def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""
@@ -323,8 +333,8 @@ class PgGallery(GalleryCounts):
                 (name, name_key(name), _now()),
             ).fetchone()
             if row is None:
-                taken = con.execute("SELECT id FROM people WHERE name_key = %s", (name_key(name),)).fetchone()
-                self._exists(name, int(taken[0]))
+                taken = con.execute("SELECT id, name FROM people WHERE name_key = %s", (name_key(name),)).fetchone()
+                raise exists_error(name, taken[1], int(taken[0]))
             pid = int(row[0])
             fids = self._insert_faces(con, pid, faces, vecs, model_id)
             _audit(con, audit.ENROLL, pid, faces=len(fids))

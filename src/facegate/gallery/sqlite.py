@@ -30,9 +30,11 @@ import numpy as np
 
 from facegate.security import audit
 from facegate.security.encryption import Sealer
-from facegate.errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonExistsError, PersonNotFoundError
+from facegate.errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonNotFoundError
 from .hnswindex import HnswIndex
 from .pqindex import PQIndex, RowMap, exact_top
+from .names import check_visible, exists_error, rekeyed
+from .names import name_key as _look_key
 from .purge import WalPurger
 from facegate.rank import Neighbour
 
@@ -114,6 +116,7 @@ def clean_name(name: str, max_length: int = 128) -> str:
         raise InvalidNameError(f"name is {len(n)} characters; the limit is {max_length}", field="user_name")
     if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in n):
         raise InvalidNameError("name must not contain control characters", field="user_name")
+    check_visible(n)  # U+3164, U+2800, '---': no one's name
     return n
 
 
@@ -127,8 +130,9 @@ def _digest(path: Path) -> str:
 
 
 def name_key(name: str) -> str:
-    """Uniqueness key of a name: case-insensitive in every script (SQLite's NOCASE folds ASCII only)."""
-    return unicodedata.normalize("NFC", name.casefold())
+    """Uniqueness key of a name: how it looks (``gallery.names``: NFKC case-folded, TR39 skeleton), so
+    look-alikes in any script, width or case are one name."""
+    return _look_key(name)
 
 
 def _seal_names(cur: sqlite3.Cursor, sealer: Sealer) -> int:
@@ -355,6 +359,7 @@ class Gallery(GalleryCounts):
                         cur.execute(stmt)
                 cur.execute(audit.AUDIT_SCHEMA)
                 scrub = self._check_encryption(cur)
+                self._rekey_names(cur)
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 cur.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
                 self._check_model(cur)
@@ -456,6 +461,19 @@ class Gallery(GalleryCounts):
             cur.execute("INSERT INTO meta VALUES ('names', 'sealed')")
             cur.execute("INSERT INTO meta VALUES ('sources', 'sealed')")
         return False
+
+    def _rekey_names(self, cur: sqlite3.Cursor) -> None:
+        """Lookup keys made before names were compared by how they look are made again (once)."""
+        if cur.execute("SELECT 1 FROM meta WHERE key = 'name_keys' AND value = '2'").fetchone() is not None:
+            return
+        rows = [(pid, self._sealer.open_text(n)) for pid, n in cur.execute("SELECT id, name FROM people").fetchall()]
+        keys, clashes = rekeyed(rows, self._lookup_key)
+        cur.execute("UPDATE people SET name_key = 'rekey#' || id")
+        cur.executemany("UPDATE people SET name_key = ? WHERE id = ?", [(k, pid) for pid, k in keys])
+        cur.execute("INSERT OR REPLACE INTO meta VALUES ('name_keys', '2')")
+        for pid, first in clashes:
+            log.warning("person %d's name looks like person %d's (both enrolled before names were compared by look); "
+                        "both are kept, new look-alikes are refused naming person %d", pid, first, first)
 
     def _scrub(self) -> None:
         """After sealing in place: the plain pages are overwritten (secure_delete); checkpoint and
@@ -733,11 +751,9 @@ class Gallery(GalleryCounts):
         """Raise ``PersonExistsError`` if ``name`` is taken (checked again inside the enrolment transaction)."""
         with self._lock:
             existing = _person_id_by_key(self._db, self._lookup_key(name))
-        if existing is not None:
-            raise PersonExistsError(
-                f"{name!r} is already enrolled (id {existing}); add faces with POST /v1/people/{existing}/faces",
-                field="user_name",
-            )
+            if existing is not None:
+                stored = self._db.execute("SELECT name FROM people WHERE id = ?", (existing,)).fetchone()[0]
+                raise exists_error(name, self._name(existing, stored), existing)
 
     def add_person(self, name: str, faces: Sequence[NewFace], model_id: str, max_name_length: int = 128) -> Person:
         """Enrol a new person with their faces, all or nothing. A name already enrolled is a ``PersonExistsError``."""

@@ -22,8 +22,26 @@ from .common import ConfigOpt, DataOpt, console, fail
 from .common import settings as _settings
 from facegate.config import Settings, settings_for_workers
 from facegate.errors import FaceGateError
+from facegate.vision.native_log import quiet_python_loggers
 
 app = typer.Typer(help="FaceGate: self-hosted face recognition.", no_args_is_help=True, add_completion=False)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from facegate import __version__
+
+        print(f"facegate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
 people_app = typer.Typer(help="List or delete enrolled people.", no_args_is_help=True)
 app.add_typer(people_app, name="people")
 models_app = typer.Typer(help="Import and list embedding models.", no_args_is_help=True)
@@ -94,6 +112,7 @@ def serve(
         raise typer.Exit(2)
     check_exposure(s, tunnel)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_python_loggers(debug=log_level.lower() == "debug")  # faiss's loader and the like: only when debugging
     pipe = _pipeline(s, batching=s.workers == 1)  # load first: a refusal is a message, not a traceback
     console.print(
         f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .native_log import native_quiet
+
 #: Order of BlazeFace keypoints. "right" is the subject's right, i.e. the image's left side.
 KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear", "left_ear")
 MODEL_SELECTION = {"short": 0, "full": 1}
@@ -83,12 +85,15 @@ class BlazeFaceDetector:
         self.max_side = max_side
         self.name = f"blazeface-{variant}"
         self._pool: queue.Queue = queue.Queue()
-        for _ in range(max(1, pool_size)):
-            self._pool.put(
-                mp.solutions.face_detection.FaceDetection(
+        # A graph's first run prints TensorFlow Lite's and absl's start-up lines to descriptor 2: run each
+        # once here, silenced (``native_log``), so that no request does it and nothing reaches the terminal.
+        with native_quiet():
+            for _ in range(max(1, pool_size)):
+                graph = mp.solutions.face_detection.FaceDetection(
                     model_selection=MODEL_SELECTION[variant], min_detection_confidence=threshold
                 )
-            )
+                graph.process(np.zeros((64, 64, 3), np.uint8))
+                self._pool.put(graph)
 
     @contextmanager
     def _graph(self) -> Iterator:

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Requests above this are refused unread.")
     max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_request_pixels: int = Field(
+        90_000_000, ge=1024, description="Decoded pixels in all of one request's images at most (a large JPEG counts reduced); beyond, 413."
+    )
+    max_server_pixels: int = Field(
+        128_000_000, ge=1024, description="Decoded pixels held by all requests at once at most (3 bytes each); beyond, 503."
+    )
     min_image_side: int = Field(24, ge=1)
     max_name_length: int = Field(128, ge=1, le=1024)
     inference_threads: int = Field(2, ge=1, le=64, description="Model threads: calls side by side under load (one core each); a lone request uses them all.")

@@ -386,3 +386,69 @@ def test_huge_header_refused_without_decoding(w, h):
 def test_header_only_png_within_limits_is_invalid_not_too_large():
     with pytest.raises(InvalidImageError):
         decode_image(_png_header_only(100, 100))
+
+
+# ----------------------------------------------------------------------------- pixel budgets (issue 19, finding 5)
+def _gradient(h: int, w: int) -> np.ndarray:
+    """Smooth content (a small JPEG even when huge): red rises left to right, green top to bottom."""
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :].repeat(h, 0)
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None].repeat(w, 1)
+    return np.stack([x, y, np.full_like(x, 128)], axis=2).astype(np.uint8)
+
+
+def test_a_large_jpeg_is_decoded_reduced():
+    """6000x4000 (24 MP) decodes at libjpeg's 1/2 scale (6 MP), not in full: the same picture, smaller."""
+    data = _encode(Image.fromarray(_gradient(4000, 6000)), "JPEG", quality=90)
+    out = decode_image(data)
+    _assert_rgb(out, 2000, 3000)
+    assert _close(out[1000, 5], (0, 128, 128), 12) and _close(out[1000, -5], (255, 128, 128), 12)
+    assert out.shape[0] * out.shape[1] <= ImageLimits().decode_pixels
+    # A larger budget decodes it whole; a smaller one at 1/4 or 1/8.
+    assert decode_image(data, ImageLimits(decode_pixels=24_000_000)).shape[:2] == (4000, 6000)
+    assert decode_image(data, ImageLimits(decode_pixels=1_000_000)).shape[:2] == (500, 750)
+
+
+def test_a_reduced_jpeg_is_still_turned_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(_gradient(4000, 6000)), "JPEG", quality=90, exif=exif.tobytes())
+    _assert_rgb(decode_image(data), 3000, 2000)
+
+
+def test_a_large_png_is_refused_from_its_header_not_decoded():
+    """The attack: 6000x6000 PNG, 105 kB sent, 108 MB decoded (5.3 s for a /v1/verify with two)."""
+    data = _encode(Image.new("L", (6000, 6000), 0), "PNG")
+    assert len(data) < 200_000
+    with pytest.raises(ImageTooLargeError) as ei:
+        decode_image(data, field="image_a")
+    assert ei.value.field == "image_a" and "6000x6000" in ei.value.message and "JPEG" in ei.value.message
+    small = _encode(Image.new("L", (3840, 2160), 0), "PNG")  # a 4K frame is decoded whole
+    _assert_rgb(decode_image(small), 2160, 3840)
+
+
+def test_request_and_server_pixel_budgets():
+    from facegate.errors import BusyError
+    from facegate.vision.imageio import PixelPool, RequestPixels, request_pixels
+
+    img = _encode(Image.fromarray(_gradient(400, 500)), "PNG")  # 0.2 MP
+    pool = PixelPool(500_000)
+    first, second = RequestPixels(300_000, pool), RequestPixels(1_000_000, pool)
+    token = request_pixels.set(first)
+    try:
+        decode_image(img)
+        with pytest.raises(ImageTooLargeError, match="limit per request"):  # 0.4 MP > 0.3 MP
+            decode_image(img, field="images[1]")
+    finally:
+        request_pixels.reset(token)
+    token = request_pixels.set(second)
+    try:
+        decode_image(img)
+        with pytest.raises(BusyError):  # 0.2 + 0.2 + 0.2 MP > the server's 0.5 MP
+            decode_image(img)
+        first.release()
+        decode_image(img)  # room again
+    finally:
+        request_pixels.reset(token)
+        second.release()
+    assert pool.used == 0
+    decode_image(img)  # outside a request: no budget

@@ -18,7 +18,7 @@ from facegate.security.exposure import HostPolicy, OpenMode
 from . import admin, auth, errors, legacy, v1
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
-from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, TimeoutMiddleware
+from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
 from .metrics import Metrics
 from .origin import HostOriginMiddleware
 
@@ -62,6 +62,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = Metrics()
+    app.add_middleware(PixelBudgetMiddleware, per_request=settings.max_request_pixels, per_server=settings.max_server_pixels)
     app.add_middleware(JsonBodyMiddleware)  # innermost: reads a body only after admission, size cap and keys let it in
     app.add_middleware(AdmissionMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

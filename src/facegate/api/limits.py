@@ -10,6 +10,8 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facegate.vision.imageio import PixelPool, RequestPixels, request_pixels
+
 
 async def send_error(
     send: Send, status: int, code: str, detail: str, headers: list[tuple[bytes, bytes]] | tuple = (), *, close: bool = False
@@ -248,3 +250,27 @@ class JsonBodyMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class PixelBudgetMiddleware:
+    """Gives each request a budget of decoded pixels (``max_request_pixels`` in all its images), drawn
+    from the server's (``max_server_pixels`` held by all requests at once) and given back when it ends:
+    decoding counts pixels before it decodes them, so eight requests of large images cannot take the
+    server's memory (413 past a request's budget, 503 + Retry-After past the server's)."""
+
+    def __init__(self, app: ASGIApp, per_request: int, per_server: int) -> None:
+        self.app = app
+        self.per_request = per_request
+        self.pool = PixelPool(per_server)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        budget = RequestPixels(self.per_request, self.pool)
+        token = request_pixels.set(budget)  # worker threads get a copy of this context
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            request_pixels.reset(token)
+            budget.release()

@@ -10,13 +10,15 @@ import base64
 import binascii
 import io
 import re
+import threading
 import warnings
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facegate.errors import ImageTooLargeError, InvalidImageError
+from facegate.errors import BusyError, ImageTooLargeError, InvalidImageError
 
 _DATA_URL = re.compile(r"^data:image/[\w.+-]+;base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
@@ -26,6 +28,85 @@ _WS = re.compile(r"\s+")
 class ImageLimits:
     max_pixels: int = 40_000_000
     min_side: int = 24
+    #: Pixels decoded in full at most. A JPEG beyond is decoded reduced (libjpeg's 1/2, 1/4, 1/8 scales:
+    #: PIL's draft mode, cheaper than a full decode); any other format beyond is refused from its header
+    #: (a 6000x6000 PNG is 105 kB and 108 MB decoded). Detection sees at most ``max_detect_side`` anyway.
+    decode_pixels: int = 8_500_000  # a 4K frame (3840x2160) whole; a 12 MP phone photo at 1/2
+
+
+class PixelPool:
+    """Decoded pixels held by a whole server's requests at once (each request's are given back when it ends)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self._lock:
+            if self.used + n > self.total:
+                return False
+            self.used += n
+            return True
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.used = max(0, self.used - n)
+
+
+class RequestPixels:
+    """One request's pixel budget: ``limit`` decoded pixels in all its images, drawn from ``pool``."""
+
+    def __init__(self, limit: int, pool: PixelPool | None = None) -> None:
+        self.limit = limit
+        self.pool = pool
+        self.used = 0
+        self._lock = threading.Lock()
+
+    def charge(self, n: int, field: str) -> None:
+        """Count ``n`` pixels about to be decoded for ``field``: 413 past the request's budget, 503 past the server's."""
+        with self._lock:
+            if self.used + n > self.limit:
+                raise ImageTooLargeError(
+                    f"{field}: this request's images would be {(self.used + n) / 1e6:.1f} megapixels decoded; "
+                    f"the limit per request is {self.limit / 1e6:.1f} (send fewer or smaller images)",
+                    field=field,
+                )
+            if self.pool is not None and not self.pool.take(n):
+                raise BusyError(
+                    f"the server is decoding as many pixels as it may at once ({self.pool.total / 1e6:.0f} megapixels); retry shortly"
+                )
+            self.used += n
+
+    def release(self) -> None:
+        """At the request's end: its pixels go back to the server's pool."""
+        with self._lock:
+            if self.pool is not None:
+                self.pool.give(self.used)
+            self.used = 0
+
+
+#: The budget of the request being served (set by the API for each request; none elsewhere).
+request_pixels: ContextVar[RequestPixels | None] = ContextVar("facegate_request_pixels", default=None)
+
+
+def _reduced_size(img: Image.Image, budget: int, field: str) -> tuple[int, int]:
+    """The size ``img`` will be decoded at: a JPEG over ``budget`` pixels at the smallest libjpeg scale
+    that fits (draft mode), anything else as it is, or refused when over the budget."""
+    w, h = img.size
+    if w * h <= budget:
+        return w, h
+    if img.format == "JPEG":
+        for scale in (2, 4, 8):
+            sw, sh = -(-w // scale), -(-h // scale)
+            if sw * sh <= budget or scale == 8:
+                img.draft(img.mode, (sw, sh))
+                return img.size
+    raise ImageTooLargeError(
+        f"{field}: {w}x{h} is {w * h / 1e6:.1f} megapixels; a {img.format or 'non-JPEG'} image is decoded in full and may have "
+        f"at most {budget / 1e6:.1f} (a JPEG is decoded reduced): send a JPEG, or a smaller image",
+        field=field,
+    )
 
 
 def b64_to_bytes(text: str, *, field: str = "image") -> bytes:
@@ -53,7 +134,8 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, field: str
     """Decode to an HxWx3 uint8 RGB array, upright per EXIF.
 
     Dimensions are checked from the header before pixels are decoded, so a decompression bomb
-    costs nothing.
+    costs nothing; a large JPEG is decoded reduced, and the pixels count against the request's
+    budget (``request_pixels``) before they are decoded.
     """
     if not data:
         raise InvalidImageError(f"{field}: empty image data", field=field)
@@ -71,12 +153,16 @@ def decode_image(data: bytes, limits: ImageLimits = ImageLimits(), *, field: str
                 raise InvalidImageError(
                     f"{field}: {w}x{h} is too small; each side must be at least {limits.min_side} px", field=field
                 )
+            dw, dh = _reduced_size(img, limits.decode_pixels, field)
+            budget = request_pixels.get()
+            if budget is not None:
+                budget.charge(dw * dh, field)
             img.load()
             img = ImageOps.exif_transpose(img)
             if img.mode != "RGB":
                 img = _to_rgb(img)
             arr = np.asarray(img, dtype=np.uint8)
-    except (ImageTooLargeError, InvalidImageError):
+    except (ImageTooLargeError, InvalidImageError, BusyError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # PIL's own bomb guard fires in Image.open, from the header, before our pixel check above.

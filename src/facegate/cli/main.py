@@ -393,6 +393,9 @@ app.command("calibrate")(calibrate_command)
 from .gallery import migrate_command  # noqa: E402  (PostgreSQL gallery)
 
 gallery_app.command("migrate")(migrate_command)
+from .doctor import doctor_command  # noqa: E402  (is the install ready?)
+
+app.command("doctor")(doctor_command)
 
 
 def main() -> None:

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
     retry_min_feature_norm: float | None = Field(
         None, ge=0, description="Identify: below this feature norm, 'retry'; None: the model's measured default; 0: off."
     )
+    liveness: Literal["off", "passive"] = Field(
+        "off",
+        description="passive: every /v1/identify and /predict face is checked by the imported liveness models "
+        "(`facegate models import-liveness`) and a face judged a print or a screen is answered 'spoof', never named.",
+    )
 
     # Trust (README, "Security").
     allow_no_auth: bool = Field(

@@ -17,6 +17,7 @@ from .vision.batching import MicroBatcher
 from .config import Settings
 from .vision.detect import BlazeFaceDetector, Face, YuNetDetector, face_around_eyes, pick_main_face
 from .vision.embed import Embedder, FlipTTA, load_embedder
+from .vision.liveness import NO_MODEL, Liveness, LivenessUnavailableError, PassiveLiveness, load_liveness
 from .errors import NoFaceError, PoorQualityError, ReembedError
 from .gallery.sqlite import Gallery, NewFace, Person, clean_name
 from .vision.imageio import ImageLimits, decode_image, encode_jpeg
@@ -134,11 +135,18 @@ class Identification:
     threshold: float
     #: Set when the quality gate judged the face: ``verdict.ok`` False means "retry", and ``decision`` is unknown.
     verdict: Verdict | None = None
+    #: Set with ``liveness = "passive"``: the passive check's answer; a spoof's ``decision`` is nobody.
+    liveness: Liveness | None = None
 
     @property
     def retry(self) -> bool:
         """Too poor a face to name: the caller should send another frame rather than trust a guess."""
         return self.verdict is not None and not self.verdict.ok
+
+    @property
+    def spoof(self) -> bool:
+        """The passive liveness check judged the face a presentation attack (a print, a screen): never named."""
+        return self.liveness is not None and not self.liveness.live
 
 
 @dataclass(frozen=True)
@@ -159,11 +167,14 @@ class Pipeline:
         gallery: Gallery,
         batcher: MicroBatcher | None = None,
         yunet: YuNetDetector | None = None,
+        liveness: PassiveLiveness | None = None,
     ) -> None:
         self.settings = settings
         self.detector = detector
         #: YuNet: alignment landmarks (settings.landmarks == "yunet") and the fallback detector.
         self.yunet = yunet
+        #: The imported liveness models (``facegate models import-liveness``), or None: /v1/liveness and ``liveness = "passive"``.
+        self.liveness = liveness
         self.embedder = embedder
         self.gallery = gallery
         #: When set, every embedding goes through it (one model call for many concurrent requests).
@@ -196,6 +207,10 @@ class Pipeline:
         """
         if batching:
             server_thread_settings(settings.batch_scheduling)
+        # Loaded whenever imported (POST /v1/liveness); with liveness = "passive" a server will not start without one.
+        liveness = load_liveness(settings.models_dir, required=settings.liveness != "off")
+        if liveness is None and settings.liveness != "off":
+            raise LivenessUnavailableError(f"liveness = {settings.liveness!r}: {NO_MODEL}")
         embedder = FlipTTA(
             load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane=batching),
             settings.tta,
@@ -223,7 +238,7 @@ class Pipeline:
             if batching
             else None
         )
-        return cls(settings, detector, embedder, gallery, batcher, yunet)
+        return cls(settings, detector, embedder, gallery, batcher, yunet, liveness)
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -392,7 +407,7 @@ class Pipeline:
     def identify_face(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> Identification:
         """Who is the one face in this image (the reference ``/predict``: a client's face crop, ``crop=True``)."""
         lf = self.locate(image, eyes, field=field, crop=crop)
-        return self._identify([lf])[0]
+        return self._passive(image, self._identify([lf]))[0]
 
     def _identify(self, located: Sequence[LocatedFace]) -> list[Identification]:
         """Faces below the quality floor get "retry" (decision unknown, similarity 0): those whose crop
@@ -420,7 +435,23 @@ class Pipeline:
         faces = self.detector.detect(image)
         if not faces and self.settings.fallback_detector == "yunet" and self.yunet is not None:
             faces = self.yunet.detect(image)  # small faces in a wide frame, where BlazeFace finds none
-        return self._identify([self._align_face(image, f) for f in faces])
+        return self._passive(image, self._identify([self._align_face(image, f) for f in faces]))
+
+    # ------------------------------------------------------------------ liveness
+    def passive_check(self, image: np.ndarray, located: Sequence[LocatedFace]) -> list[Liveness]:
+        """The passive liveness check of each located face in ``image`` (RGB), on the box that located it
+        (BlazeFace's, YuNet's for a face only YuNet found; the whole image for a face aligned on a
+        client's eyes alone). ``LivenessUnavailableError`` (503) without an imported liveness model."""
+        if self.liveness is None:
+            raise LivenessUnavailableError(NO_MODEL)
+        return self.liveness.check_many(image, [lf.box for lf in located])
+
+    def _passive(self, image: np.ndarray, idents: list[Identification]) -> list[Identification]:
+        """With ``liveness = "passive"``: each face carries its check, and a face judged spoof is named nobody."""
+        if self.settings.liveness != "passive" or not idents:
+            return idents
+        checks = self.passive_check(image, [i.located for i in idents])
+        return [replace(i, liveness=c, decision=i.decision if c.live else RETRY) for i, c in zip(idents, checks)]
 
     def verify(self, a: np.ndarray, b: np.ndarray) -> Verification:
         la, lb = self.locate(a, field="image_a"), self.locate(b, field="image_b")

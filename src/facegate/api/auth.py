@@ -26,7 +26,9 @@ from .limits import send_error
 #: (method, path) -> role. Paths not listed: GET/HEAD outside /v1 and /metrics are public (the web
 #: app's pages and assets, /docs, /healthz); everything else needs an admin key.
 #: A client key may also read /metrics (counts and latencies, no faces): Prometheus needs no admin key.
-CLIENT_ROUTES = frozenset({("POST", "/predict"), ("POST", "/v1/identify"), ("POST", "/v1/verify"), ("GET", "/metrics")})
+CLIENT_ROUTES = frozenset(
+    {("POST", "/predict"), ("POST", "/v1/identify"), ("POST", "/v1/verify"), ("POST", "/v1/liveness"), ("GET", "/metrics")}
+)
 PUBLIC_PREFIX_EXCEPTIONS = ("/v1/", "/metrics")
 UNLIMITED = frozenset({"/healthz"})
 #: A shared counter store (Redis) must answer within this, or the request goes on without its limits.

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from facegate.vision.align import eye_points
 from facegate.vision.imageio import load_b64_image
 from .deps import PipelineDep, WorkerDep
-from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, quality_out
+from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, liveness_out, quality_out
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["reference API"])
@@ -54,9 +54,10 @@ async def predict(body: PredictRequest, pipeline: PipelineDep, worker: WorkerDep
     return PredictResponse(
         user_name=d.name if d.known else "unknown",
         similarity=round(d.similarity, 6),
-        status="retry" if ident.retry else "recognized" if d.known else "unknown",
+        status="spoof" if ident.spoof else "retry" if ident.retry else "recognized" if d.known else "unknown",
         person_id=d.person_id,
         threshold=ident.threshold,
         landmarks=ident.located.landmarks,
         quality=quality_out(ident),
+        liveness=liveness_out(ident),
     )

@@ -65,16 +65,36 @@ def quality_out(ident) -> QualityOut | None:
     return QualityOut(ok=not ident.retry, reasons=list(ident.verdict.reasons) if ident.verdict else [], **q.to_dict())
 
 
+class LivenessModelOut(BaseModel):
+    name: str = Field(..., description="An imported liveness model (`facegate models import-liveness`).")
+    score: float = Field(..., description="This model's probability that the face is live.")
+
+
+class LivenessOut(BaseModel):
+    """The passive liveness check of a face (imported MiniFASNet models, their softmaxes summed)."""
+
+    live: bool = Field(..., description="The live class wins the models' summed softmax.")
+    score: float = Field(..., description="The fused probability that the face is live (mean over the models).")
+    models: list[LivenessModelOut]
+
+
+def liveness_out(ident) -> LivenessOut | None:
+    """The liveness part of an answer (set with liveness = "passive"), from a pipeline ``Identification``."""
+    return None if ident.liveness is None else LivenessOut(**ident.liveness.to_dict())
+
+
 class PredictResponse(BaseModel):
     user_name: str = Field(..., description='The recognised name, or "unknown".')
     similarity: float = Field(..., description="Cosine similarity of the winner's nearest face (or of the nearest face when unknown).")
-    status: Literal["recognized", "unknown", "retry"] = Field(
-        ..., description='"retry": the face is too poor to name (see quality.reasons); send another frame.'
+    status: Literal["recognized", "unknown", "retry", "spoof"] = Field(
+        ..., description='"retry": the face is too poor to name (see quality.reasons); send another frame. '
+        '"spoof": judged a print or a screen by the passive liveness check (liveness = "passive"); never named.'
     )
     person_id: int | None
     threshold: float
     landmarks: Literal["detector", "eyes"] = Field(..., description="What aligned the face: a detector on the server (YuNet's five points, or BlazeFace's) or the client's eye points alone.")
     quality: QualityOut | None = Field(None, description="Added field: the face's quality signals.")
+    liveness: LivenessOut | None = Field(None, description='Added field, with liveness = "passive": the passive liveness check.')
 
 
 # ---------------------------------------------------------------- v1
@@ -88,11 +108,14 @@ class Box(BaseModel):
 class FaceMatch(BaseModel):
     box: Box | None
     score: float | None = Field(None, description="Detector confidence.")
-    status: Literal["recognized", "unknown", "retry"] = Field(..., description='"retry": too poor a face to name (see quality).')
+    status: Literal["recognized", "unknown", "retry", "spoof"] = Field(
+        ..., description='"retry": too poor a face to name (see quality); "spoof": judged a print or a screen (see liveness), never named.'
+    )
     person_id: int | None
     name: str | None
     similarity: float
     quality: QualityOut | None = None
+    liveness: LivenessOut | None = Field(None, description='With liveness = "passive": the passive liveness check.')
 
 
 class IdentifyJSON(_Strict):

@@ -38,6 +38,7 @@ from .schemas import (
     PersonSummary,
     VerifyJSON,
     VerifyResponse,
+    liveness_out,
     quality_out,
 )
 
@@ -132,11 +133,12 @@ def _match(i: Identification) -> FaceMatch:
     return FaceMatch(
         box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]) if box else None,
         score=i.located.score,
-        status="retry" if i.retry else "recognized" if d.known else "unknown",
+        status="spoof" if i.spoof else "retry" if i.retry else "recognized" if d.known else "unknown",
         person_id=d.person_id,
         name=d.name,
         similarity=round(d.similarity, 6),
         quality=quality_out(i),
+        liveness=liveness_out(i),
     )
 
 

@@ -100,7 +100,7 @@ def _run(folder: Path, config: Path | None, variants: list[str], degrade: list[s
 
 
 def eval_command(
-    folder: Annotated[Path, typer.Argument(help="A folder with one sub-folder of photos per person.")],
+    folder: Annotated[Optional[Path], typer.Argument(help="A folder with one sub-folder of photos per person.")] = None,
     config: ConfigOpt = None,
     compare: Annotated[
         Optional[str],
@@ -129,9 +129,24 @@ def eval_command(
     far: Annotated[
         float, typer.Option(help="With --edc: the FMR the comparison threshold is fixed at, on the full set.")
     ] = 1e-3,
+    pad: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--pad",
+            help="Instead: the passive liveness check on DIR/live/ and DIR/spoof/ photos: APCER, BPCER, ACER "
+            "(ISO/IEC 30107-3) and pad-scores.png in the plots folder.",
+        ),
+    ] = None,
 ) -> None:
     """Measure recognition on labelled photos with the server's own pipeline: verification, open-set identification, misses, quality rejects."""
     from facegate.eval.evaluate import DEGRADATIONS, save_plots
+
+    if pad is not None:
+        _pad(pad, config, plots, no_plots, as_json)
+        return
+    if folder is None:
+        console.print("[red]error:[/red] say which folder to measure: facegate eval FOLDER (or --pad DIR)")
+        raise typer.Exit(2)
 
     if edc and not 0 < far < 1:
         console.print("[red]error:[/red] --far must be between 0 and 1")
@@ -217,6 +232,36 @@ def _wrap(text: str, width: int = 80) -> list[str]:
     import textwrap
 
     return textwrap.wrap(text, width)
+
+
+def _pad(folder: Path, config: Path | None, plots: Path, no_plots: bool, as_json: bool) -> None:
+    """`facegate eval --pad DIR`: the figures of ``facegate.eval.pad``, a histogram PNG, JSON with --json."""
+    from facegate.errors import FaceGateError
+    from facegate.eval.pad import evaluate_pad, list_folder, report_lines, save_histogram
+
+    try:
+        settings = load_settings(config)
+        total = len(list_folder(folder))
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(escape(f"liveness {folder.name}"), total=total)
+        try:
+            result = evaluate_pad(folder, settings, lambda n: bar.advance(task, n))
+        except FaceGateError as exc:
+            console.print(f"[red]error:[/red] {escape(exc.message)}")
+            raise typer.Exit(1) from None
+    files = [] if no_plots else [str(save_histogram(result, plots / "pad-scores.png"))]
+    lines = report_lines(result)
+    if as_json:
+        print("\n".join(lines), file=sys.stderr)
+        print(json.dumps({**result, "plots": files}, indent=2))
+    else:
+        print("\n".join(lines))
+        for f in files:
+            console.print(f"wrote {escape(f)}")
 
 
 _THRESHOLD_LINE = re.compile(r"^\s*threshold\s*=")

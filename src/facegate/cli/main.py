@@ -88,6 +88,9 @@ def serve(
         Optional[str], typer.Option(help="postgresql://... to keep the gallery in PostgreSQL + pgvector (shared by many servers).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    liveness: Annotated[
+        Optional[str], typer.Option(help="off, or passive: check every identified face with the imported liveness models.")
+    ] = None,
 ) -> None:
     """Run the HTTP server (the reference /register and /predict, and /v1)."""
     import uvicorn
@@ -106,6 +109,7 @@ def serve(
         workers=workers,
         allow_no_auth=allow_no_auth,
         gallery=gallery,
+        liveness=liveness,
     )
     if tunnel not in (None, "ngrok"):
         console.print(f"[red]error:[/red] unknown tunnel {escape(tunnel)!r}; the one supported is ngrok")
@@ -338,6 +342,35 @@ def models_import(
     console.print(f"serve it with: facegate serve --model {escape(card['name'])} --tta normsum")
 
 
+@models_app.command("import-liveness")
+def models_import_liveness(
+    checkpoint: Annotated[Path, typer.Argument(help="A MiniFASNet state dict named as the reference names them: SCALE_HxW_TYPE.pth (e.g. 2.7_80x80_MiniFASNetV2.pth).")],
+    arch: Annotated[str, typer.Option(help="Network of the checkpoint: minifasnet-v2 or minifasnet-v1se.")],
+    name: Annotated[Optional[str], typer.Option(help="Model name (default ARCH-SCALEx, e.g. minifasnet-v2-2.7x).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Convert a MiniFASNet anti-spoofing checkpoint to ONNX in the data directory: a liveness model (needs `pip install .[import]`)."""
+    s = _settings(config, data_dir=data)
+    try:
+        from facegate.vision.liveness_import import import_liveness
+    except ImportError as exc:  # pragma: no cover - depends on the optional extra
+        fail(f"importing needs PyTorch: pip install 'facegate[import]' ({exc})")
+    if not checkpoint.is_file():
+        fail(f"{checkpoint} is not a file", 2)
+    try:
+        card = import_liveness(checkpoint, arch, s.models_dir, name, overwrite=force)
+    except FaceGateError as exc:
+        fail(exc.message)
+    crop = "the whole image" if card["crop_scale"] is None else f"{card['crop_scale']:g}x the face box"
+    console.print(
+        f"imported {escape(card['name'])} ({card['arch']}, crop {crop}, {card['input_size'][0]}x{card['input_size'][1]}) "
+        f"into {escape(str(s.models_dir))}; ONNX vs PyTorch softmax max abs difference {card['max_abs_diff']:.2e}"
+    )
+    console.print("every imported liveness model is used together: POST /v1/liveness, or serve with --liveness passive")
+
+
 @models_app.command("list")
 def models_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
     """Bundled and imported models."""
@@ -348,7 +381,8 @@ def models_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
     for n, spec in BUNDLED.items():
         table.add_row(n, "bundled", f"{spec.package}: {spec.resource}")
     for n, card in imported_models(s.models_dir).items():
-        table.add_row(escape(n), "imported", escape(f"{card.get('family', '?')} {card.get('arch', '?')}, from {card.get('source_file', '?')}"))
+        kind = "imported" if card.get("task", "embedding") == "embedding" else f"imported ({card['task']})"
+        table.add_row(escape(n), kind, escape(f"{card.get('family', '?')} {card.get('arch', '?')}, from {card.get('source_file', '?')}"))
     Console().print(table)
 
 

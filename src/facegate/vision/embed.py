@@ -329,7 +329,8 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
             family=spec.name,
             lane=lane,
         )
-    cards = imported_models(models_dir)
+    # Liveness models (`facegate models import-liveness`) share the folder; they embed nothing.
+    cards = {n: c for n, c in imported_models(models_dir).items() if c.get("task", "embedding") == "embedding"}
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
     if card is None:
         known = sorted(BUNDLED) + sorted(cards)

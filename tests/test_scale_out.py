@@ -33,8 +33,9 @@ def two_servers(tmp_path, pg_database):
         s.stop()
 
 
-def _register(c: httpx.Client, name: str, images: list[str]) -> httpx.Response:
-    return c.post("/register", json={"user_name": name, "first_img": images[0], "sec_img": images[1], "third_img": images[2]})
+def _register(c: httpx.Client, name: str, images: list[str], allow_duplicate: bool | None = None) -> httpx.Response:
+    body = {"user_name": name, "first_img": images[0], "sec_img": images[1], "third_img": images[2]}
+    return c.post("/register", json=body if allow_duplicate is None else {**body, "allow_duplicate": allow_duplicate})
 
 
 def test_two_servers_share_one_gallery_and_survive_the_loss_of_one(two_servers, tmp_path, astronaut_payloads, other_face):
@@ -81,7 +82,7 @@ def test_two_servers_share_one_gallery_and_survive_the_loss_of_one(two_servers, 
             i = 0
             while not stop.is_set():
                 try:
-                    r = _register(c, f"stream-{i}", other_imgs)
+                    r = _register(c, f"stream-{i}", other_imgs, allow_duplicate=True)  # one face, many names: on purpose
                 except httpx.TransportError:
                     return  # killed
                 if r.status_code == 200:

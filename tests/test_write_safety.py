@@ -98,7 +98,9 @@ class Writer(threading.Thread):
                         i += 1
                         imgs = [unique_photo(img) for img in self.rng.sample(self.images, 3)]
                         self.in_flight = ("register", name)
-                        r = c.post("/register", json={"user_name": name, "first_img": imgs[0], "sec_img": imgs[1], "third_img": imgs[2]})
+                        # The same few faces under many names, on purpose (allow_duplicate): this tests writes, not the duplicate check.
+                        body = {"user_name": name, "first_img": imgs[0], "sec_img": imgs[1], "third_img": imgs[2], "allow_duplicate": True}
+                        r = c.post("/register", json=body)
                         if r.status_code in (429, 503):  # busy or throttled: nothing was written; try again
                             self._wait(r)
                             continue

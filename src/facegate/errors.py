@@ -8,10 +8,12 @@ class FaceGateError(Exception):
 
     code = "error"
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, details: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        #: More fields for the answer's JSON body (e.g. the photos an enrolment left out).
+        self.details = dict(details or {})
 
 
 class InvalidImageError(FaceGateError):
@@ -79,9 +81,19 @@ class PoorQualityError(FaceGateError):
 
     code = "poor_quality"
 
-    def __init__(self, message: str, *, field: str | None = None, reasons: tuple[str, ...] = ()) -> None:
-        super().__init__(message, field=field)
+    def __init__(self, message: str, *, field: str | None = None, reasons: tuple[str, ...] = (), details: dict | None = None) -> None:
+        super().__init__(message, field=field, details={"reasons": list(reasons), **(details or {})})
         self.reasons = reasons
+
+
+class LooksLikeError(FaceGateError):
+    """The faces to enrol match another enrolled person: one person, one name (unless duplicates are allowed)."""
+
+    code = "looks_like"
+
+    def __init__(self, message: str, *, person_id: int, name: str, similarity: float, field: str | None = None) -> None:
+        super().__init__(message, field=field, details={"person_id": person_id, "name": name, "similarity": round(similarity, 6)})
+        self.person_id, self.name, self.similarity = person_id, name, similarity
 
 
 class EncryptionError(FaceGateError):

@@ -37,7 +37,8 @@ def test_concurrent_predicts_and_enrolments(server, astronaut_payloads, astronau
         return r.status_code, r.json().get("user_name")
 
     def do_enrol(i: int) -> int:
-        return post("/v1/people", {"name": f"Twin {i}", "images": variants}).status_code
+        # Twins: the same face under eight names, enrolled on purpose.
+        return post("/v1/people", {"name": f"Twin {i}", "images": variants, "allow_duplicate": True}).status_code
 
     with ThreadPoolExecutor(max_workers=24) as pool:
         preds = list(pool.map(do_predict, range(48)))

@@ -123,7 +123,7 @@ def test_identify_plain_text_and_no_face(photos, data):
     assert "astronaut.jpg" in lines[0] and EILEEN in lines[0]
     assert "blank.jpg" in lines[1] and "no face" in lines[1]
     rows = identified(data, photos / "blank.jpg")
-    blank = {"image": str(photos / "blank.jpg"), "box": None, "name": None, "person_id": None, "similarity": None}
+    blank = {"image": str(photos / "blank.jpg"), "box": None, "status": None, "name": None, "person_id": None, "similarity": None}
     assert rows == [blank]
 
 
@@ -185,7 +185,7 @@ def test_names_with_brackets_are_printed_as_they_are(tmp_path, other_face):
     assert proc.returncode == 0, proc.stderr
     out = said(proc)
     assert "mary [nee smith]/b [copy].jpg" in out
-    assert "tom [b]: no usable photo" in out
+    assert "tom [b]: not enrolled: grey.jpg: no face detected" in out
     assert listed(d) == {"mary [nee smith]": 1}
     proc = facegate("identify", tmp_path / "gone[/i].jpg", "--data", d)
     assert proc.returncode == 1 and "gone[/i].jpg" in said(proc) and "Traceback" not in proc.stderr
@@ -235,3 +235,24 @@ def test_healthz_counts_follow_cli_writes_without_a_search(start_server, tmp_pat
         proc = facegate("enroll", photos / "people", "--data", data)
         assert proc.returncode == 0, proc.stderr
         assert http.get("/healthz").json()["gallery"] == {"people": 2, "faces": 5, "search": "exact"}
+
+
+def test_identify_a_folder_recursively_to_csv_with_a_threshold(photos, data, tmp_path):
+    """`identify FOLDER --recursive --csv FILE --threshold T`: one row per face (and per image without one)."""
+    import csv
+
+    out = tmp_path / "faces.csv"
+    proc = facegate("identify", photos / "people", "--recursive", "--csv", out, "--data", data)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert {r["image"].rsplit("/", 1)[-1] for r in rows} == {"crop.jpg", "flip.jpg", "bright.jpg", "one.jpg", "two.jpg", "grey.jpg"}
+    assert {r["name"] for r in rows if "/Eileen Collins/" in r["image"]} == {EILEEN}
+    assert [r["status"] for r in rows if r["image"].endswith("grey.jpg")] == ["no_face"]
+    assert all(r["status"] == "recognized" for r in rows if r["image"].endswith(("crop.jpg", "one.jpg")))
+    # Without --recursive a folder of folders holds no image; a threshold no face reaches names nobody.
+    proc = facegate("identify", photos / "people", "--data", data)
+    assert proc.returncode == 0 and proc.stdout.strip() == ""
+    proc = facegate("identify", photos / "astronaut.jpg", "--threshold", "0.999", "--json", "--data", data)
+    row = json.loads(proc.stdout.splitlines()[0])
+    assert row["status"] == "unknown" and row["name"] == "unknown"
+    assert facegate("identify", photos / "astronaut.jpg", "--threshold", "3", "--data", data).returncode == 2

@@ -20,6 +20,7 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.PoorQualityError: 422,
     e.InvalidNameError: 422,
     e.PersonExistsError: 409,
+    e.LooksLikeError: 409,
     e.PersonNotFoundError: 404,
     e.FaceNotFoundError: 404,
     e.ModelMismatchError: 409,
@@ -54,7 +55,7 @@ def _field_of(loc: tuple) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(e.FaceGateError)
     async def _domain(_: Request, exc: e.FaceGateError) -> JSONResponse:
-        return error_response(_status_for(exc), exc.code, exc.message, exc.field)
+        return error_response(_status_for(exc), exc.code, exc.message, exc.field, **exc.details)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

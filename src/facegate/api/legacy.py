@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from facegate.vision.align import eye_points
 from facegate.vision.imageio import load_b64_image
 from .deps import PipelineDep, WorkerDep
-from .schemas import ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, liveness_out, quality_out
+from .schemas import DroppedOut, ErrorBody, PredictRequest, PredictResponse, RegisterRequest, RegisterResponse, liveness_out, quality_out
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["reference API"])
@@ -21,19 +21,24 @@ _IMAGE_FIELDS = ("first_img", "sec_img", "third_img")
 
 @router.post("/register", response_model=RegisterResponse, responses=ERRORS)
 async def register(body: RegisterRequest, pipeline: PipelineDep, worker: WorkerDep) -> RegisterResponse:
-    """Enrol ``user_name`` from three face images. All three must hold a face, or nothing is stored."""
+    """Enrol ``user_name`` from three face images. A photo without a usable face is left out and listed in
+    ``dropped``; fewer than ``enroll_min_faces`` usable is 422 and nothing is stored. Faces that match
+    another enrolled person are 409 ``looks_like`` unless ``allow_duplicate``."""
 
     def work():
         images = [load_b64_image(getattr(body, f), pipeline.limits, field=f) for f in _IMAGE_FIELDS]
-        return pipeline.enroll(body.user_name, images, _IMAGE_FIELDS)
+        return pipeline.enroll_photos(body.user_name, images, _IMAGE_FIELDS, allow_duplicate=body.allow_duplicate)
 
-    person = await worker.run(work)
-    log.info("registered person %s with %d faces", person.id, person.face_count)
+    e = await worker.run(work)
+    person = e.person
+    log.info("registered person %s with %d faces (%d photos left out)", person.id, person.face_count, len(e.dropped))
+    left_out = f" ({', '.join(d.field for d in e.dropped)} left out)" if e.dropped else ""
     return RegisterResponse(
         user_name=person.name,
         person_id=person.id,
         faces=person.face_count,
-        message=f"{person.name} registered with {person.face_count} faces",
+        message=f"{person.name} registered with {person.face_count} faces{left_out}",
+        dropped=[DroppedOut(**d.to_dict()) for d in e.dropped],
     )
 
 
@@ -54,7 +59,7 @@ async def predict(body: PredictRequest, pipeline: PipelineDep, worker: WorkerDep
     return PredictResponse(
         user_name=d.name if d.known else "unknown",
         similarity=round(d.similarity, 6),
-        status="spoof" if ident.spoof else "retry" if ident.retry else "recognized" if d.known else "unknown",
+        status=ident.status,
         person_id=d.person_id,
         threshold=ident.threshold,
         landmarks=ident.located.landmarks,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 #: A pixel coordinate: a JSON number (finite).
 Number = Annotated[float, Field(allow_inf_nan=False)]
@@ -22,6 +22,17 @@ class RegisterRequest(_Strict):
     first_img: StrictStr = Field(..., description="Base64 image (a data:image/...;base64, prefix is accepted).")
     sec_img: StrictStr
     third_img: StrictStr
+    allow_duplicate: StrictBool | None = Field(
+        None, description="Enrol although the faces match another enrolled person (default: the allow_duplicates setting)."
+    )
+
+
+class DroppedOut(BaseModel):
+    """A photo left out of an enrolment: the others were enrolled."""
+
+    field: str
+    code: Literal["no_face", "poor_quality"]
+    reasons: list[str]
 
 
 class RegisterResponse(BaseModel):
@@ -30,6 +41,7 @@ class RegisterResponse(BaseModel):
     person_id: int
     faces: int
     message: str
+    dropped: list[DroppedOut] = Field([], description="Photos left out (no face, or too poor); the others were enrolled.")
 
 
 class PredictRequest(_Strict):
@@ -131,10 +143,12 @@ class IdentifyResponse(BaseModel):
 class EnrollJSON(_Strict):
     name: StrictStr
     images: list[StrictStr] = Field(..., min_length=1)
+    allow_duplicate: StrictBool | None = Field(None, description="Enrol although the faces match another enrolled person.")
 
 
 class FacesJSON(_Strict):
     images: list[StrictStr] = Field(..., min_length=1)
+    allow_duplicate: StrictBool | None = Field(None, description="Add although the faces match another person better.")
 
 
 class VerifyJSON(_Strict):
@@ -165,6 +179,7 @@ class PersonSummary(BaseModel):
 
 class PersonOut(PersonSummary):
     faces: list[FaceOut]
+    dropped: list[DroppedOut] = Field([], description="Photos of this request left out (no face, or too poor).")
 
 
 class DeletedPerson(PersonSummary):

@@ -19,11 +19,12 @@ from facegate import __version__
 from facegate.errors import FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
 from facegate.gallery.sqlite import Person
 from facegate.vision.imageio import b64_to_bytes, decode_image
-from facegate.pipeline import Identification
+from facegate.pipeline import Enrolment, Identification
 from .deps import PipelineDep, RowId, WorkerDep
 from .schemas import (
     Box,
     DeletedPerson,
+    DroppedOut,
     EnrollJSON,
     ErrorBody,
     FaceMatch,
@@ -111,6 +112,20 @@ async def _read(request: Request, model: type[BaseModel], file_fields: tuple[str
     return texts, images
 
 
+def _allow_duplicate(texts: dict) -> bool | None:
+    """The request's ``allow_duplicate`` (a JSON boolean, or a form field "true"/"false"); None: the setting decides."""
+    v = texts.get("allow_duplicate")
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "1", "false", "0"):
+        return v.lower() in ("true", "1")
+    raise RequestValidationError([{"loc": ("body", "allow_duplicate"), "msg": "must be true or false", "type": "bool_parsing"}])
+
+
+def _dropped(e: Enrolment) -> list[DroppedOut]:
+    return [DroppedOut(**d.to_dict()) for d in e.dropped]
+
+
 def _too_many(images: list) -> None:
     if len(images) > MAX_IMAGES:
         raise InvalidImageError(f"at most {MAX_IMAGES} images per request, got {len(images)}", field="images")
@@ -120,9 +135,10 @@ def _summary(p: Person) -> PersonSummary:
     return PersonSummary(id=p.id, name=p.name, created_at=p.created_at, face_count=p.face_count)
 
 
-def _person_out(p: Person) -> PersonOut:
+def _person_out(p: Person, dropped: list[DroppedOut] | None = None) -> PersonOut:
     return PersonOut(
         **_summary(p).model_dump(),
+        dropped=dropped or [],
         faces=[FaceOut(id=f.id, source=f.source, created_at=f.created_at, crop_url=f"/v1/faces/{f.id}/crop" if f.has_crop else None) for f in p.faces],
     )
 
@@ -133,7 +149,7 @@ def _match(i: Identification) -> FaceMatch:
     return FaceMatch(
         box=Box(x1=box[0], y1=box[1], x2=box[2], y2=box[3]) if box else None,
         score=i.located.score,
-        status="spoof" if i.spoof else "retry" if i.retry else "recognized" if d.known else "unknown",
+        status=i.status,
         person_id=d.person_id,
         name=d.name,
         similarity=round(d.similarity, 6),
@@ -164,19 +180,23 @@ async def identify(request: Request, pipeline: PipelineDep, worker: WorkerDep) -
     openapi_extra=_body_doc(EnrollJSON, {"name": {"type": "string"}, "images": _FILES}),
 )
 async def enroll(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
-    """Enrol a new person from 1..10 images; all must hold a face or nothing is stored. A taken name is 409."""
+    """Enrol a new person from 1..10 images. Photos without a usable face are left out and listed in
+    ``dropped``; fewer than ``enroll_min_faces`` usable is 422 and nothing is stored. A taken name is 409;
+    faces that match another enrolled person are 409 ``looks_like`` unless ``allow_duplicate``."""
     texts, images = await _read(request, EnrollJSON, ("images",))
     _too_many(images)
     name = texts.get("name")
     if not isinstance(name, str):
         raise RequestValidationError([{"loc": ("body", "name"), "msg": "Field required", "type": "missing"}])
+    allow = _allow_duplicate(texts)
 
     def work():
         decoded = [decode_image(b, pipeline.limits, field=label) for label, b in images]
-        return pipeline.enroll(name, decoded, [label for label, _ in images])
+        return pipeline.enroll_photos(name, decoded, [label for label, _ in images], allow_duplicate=allow)
 
     try:
-        return _person_out(await worker.run(work))
+        e = await worker.run(work)
+        return _person_out(e.person, _dropped(e))
     except (PersonExistsError, InvalidNameError) as exc:
         exc.field = "name"  # the core names the reference API's field (user_name)
         raise
@@ -213,15 +233,18 @@ async def delete_person(person_id: RowId, pipeline: PipelineDep, worker: WorkerD
     openapi_extra=_body_doc(FacesJSON, {"images": _FILES}),
 )
 async def add_faces(person_id: RowId, request: Request, pipeline: PipelineDep, worker: WorkerDep) -> PersonOut:
-    """Add 1..10 more faces to an enrolled person, all or nothing."""
-    _, images = await _read(request, FacesJSON, ("images",))
+    """Add 1..10 more faces to an enrolled person: photos without a usable face are left out and listed in
+    ``dropped`` (none usable: 422). Faces that match another person better are 409 ``looks_like``."""
+    texts, images = await _read(request, FacesJSON, ("images",))
     _too_many(images)
+    allow = _allow_duplicate(texts)
 
     def work():
         decoded = [decode_image(b, pipeline.limits, field=label) for label, b in images]
-        return pipeline.add_faces(person_id, decoded, [label for label, _ in images])
+        return pipeline.add_photos(person_id, decoded, [label for label, _ in images], allow_duplicate=allow)
 
-    return _person_out(await worker.run(work))
+    e = await worker.run(work)
+    return _person_out(e.person, _dropped(e))
 
 
 @router.get("/faces/{face_id}/crop", responses={404: {"model": ErrorBody}, 200: {"content": {"image/jpeg": {}}}})

@@ -167,8 +167,12 @@ def enroll(
     config: ConfigOpt = None,
     limit: Annotated[int, typer.Option(help="At most this many photos per person (0: all).")] = 0,
     existing: Annotated[str, typer.Option(help="A name already enrolled: skip, or add the photos to them.")] = "skip",
+    allow_duplicates: Annotated[
+        bool, typer.Option("--allow-duplicates", help="Enrol faces that match another enrolled person (else that person is skipped).")
+    ] = False,
 ) -> None:
-    """Enrol everyone in FOLDER. Photos without a usable face are reported and left out."""
+    """Enrol everyone in FOLDER. Photos without a usable face are reported and left out; the person is
+    enrolled with the others (at least enroll_min_faces of them)."""
     if not folder.is_dir():
         console.print(f"[red]error:[/red] {escape(str(folder))} is not a folder")
         raise typer.Exit(2)
@@ -190,27 +194,29 @@ def enroll(
             images, labels = [], []
             for pth in paths:
                 try:
-                    img = read_image_file(str(pth), pipe.limits)
-                    pipe.check_enrollable(img, field=pth.name)  # check face and quality before storing anything
-                    images.append(img)
+                    images.append(read_image_file(str(pth), pipe.limits))
                     labels.append(pth.name)
                 except FaceGateError as exc:
                     problems.append(f"{d.name}/{pth.name}: {exc.message}")
             if not images:
-                problems.append(f"{d.name}: no usable photo, not enrolled")
-            else:
-                try:
-                    person = pipe.gallery.find_person(d.name)
-                    if person is None:
-                        pipe.enroll(d.name, images, labels)
-                        enrolled += 1
-                    elif existing == "add":
-                        pipe.add_faces(person.id, images, labels)
-                        enrolled += 1
-                    else:
-                        skipped += 1
-                except FaceGateError as exc:
-                    problems.append(f"{d.name}: {exc.message}")
+                problems.append(f"{d.name}: no readable photo, not enrolled")
+                bar.advance(task)
+                continue
+            try:
+                person = pipe.gallery.find_person(d.name)
+                if person is not None and existing != "add":
+                    skipped += 1
+                    bar.advance(task)
+                    continue
+                if person is None:
+                    result = pipe.enroll_photos(d.name, images, labels, allow_duplicate=allow_duplicates or None)
+                else:
+                    result = pipe.add_photos(person.id, images, labels, allow_duplicate=allow_duplicates or None)
+                enrolled += 1
+                # Photos left out (no face, too poor): the person is enrolled with the others.
+                problems += [f"{d.name}/{x.field}: left out: {'; '.join(x.reasons)}" for x in result.dropped]
+            except FaceGateError as exc:
+                problems.append(f"{d.name}: not enrolled: {exc.message}")
             bar.advance(task)
     pipe.close()
     for p in problems:
@@ -220,41 +226,87 @@ def enroll(
 
 @app.command()
 def identify(
-    images: Annotated[list[Path], typer.Argument(help="Image files.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files, or folders of them.")],
     data: DataOpt = None,
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Also the images in sub-folders of a folder.")] = False,
+    csv_file: Annotated[
+        Optional[Path], typer.Option("--csv", help="Also write one row per face (and per image without one) to this CSV file.")
+    ] = None,
+    threshold: Annotated[
+        Optional[float], typer.Option(help="Similarity needed to name a face (default: the model's calibrated one).", min=-1.0, max=1.0)
+    ] = None,
 ) -> None:
-    """Name every face in each image."""
-    s = _settings(config, data_dir=data)
+    """Name every face in each image (or every image in a folder)."""
+    images: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = path.rglob("*") if recursive else path.iterdir()
+            images += sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            images.append(path)  # a missing file is reported below, with the others still answered
+    s = _settings(config, data_dir=data, threshold=threshold)
     pipe = _pipeline(s)
     from facegate.vision.imageio import read_image_file
 
     status = 0
-    for path in images:
-        try:
-            results = pipe.identify_all(read_image_file(str(path), pipe.limits))
-        except (FaceGateError, OSError) as exc:
-            console.print(f"[red]{escape(str(path))}:[/red] {escape(str(getattr(exc, 'message', exc)))}")
-            status = 1
-            continue
-        rows = [
-            {
-                "image": str(path),
-                "box": [round(v, 1) for v in r.located.box] if r.located.box else None,
-                "name": r.decision.name if r.decision.known else "unknown",
-                "person_id": r.decision.person_id,
-                "similarity": round(r.decision.similarity, 4),
-            }
-            for r in results
-        ]
-        if as_json:
-            for row in rows or [{"image": str(path), "box": None, "name": None, "person_id": None, "similarity": None}]:
-                print(json.dumps(row))
-        else:
-            print(f"{path}: " + (", ".join(f"{r['name']} ({r['similarity']:.3f})" for r in rows) or "no face"))
-    pipe.close()
+    out = open(csv_file, "w", newline="", encoding="utf-8") if csv_file else None
+    writer = None
+    if out is not None:
+        import csv
+
+        writer = csv.DictWriter(out, ["image", "face", "status", "name", "person_id", "similarity", "x1", "y1", "x2", "y2", "reasons"])
+        writer.writeheader()
+    try:
+        for path in images:
+            try:
+                results = pipe.identify_all(read_image_file(str(path), pipe.limits))
+            except (FaceGateError, OSError) as exc:
+                console.print(f"[red]{escape(str(path))}:[/red] {escape(str(getattr(exc, 'message', exc)))}")
+                if writer:
+                    writer.writerow({"image": str(path), "status": "error", "reasons": str(getattr(exc, "message", exc))})
+                status = 1
+                continue
+            rows = [
+                {
+                    "image": str(path),
+                    "box": [round(v, 1) for v in r.located.box] if r.located.box else None,
+                    "status": r.status,
+                    "name": r.decision.name if r.decision.known else "unknown",
+                    "person_id": r.decision.person_id,
+                    "similarity": round(r.decision.similarity, 4),
+                    **({"reasons": list(r.verdict.reasons)} if r.retry else {}),
+                }
+                for r in results
+            ]
+            if as_json:
+                for row in rows or [{"image": str(path), "box": None, "status": None, "name": None, "person_id": None, "similarity": None}]:
+                    print(json.dumps(row))
+            else:
+                print(f"{path}: " + (", ".join(_said(r) for r in rows) or "no face"))
+            if writer:
+                for i, row in enumerate(rows):
+                    box = row["box"] or [None] * 4
+                    writer.writerow(
+                        {**{k: row[k] for k in ("image", "status", "person_id", "similarity")}, "face": i,
+                         "name": row["name"] if row["status"] == "recognized" else "",
+                         "x1": box[0], "y1": box[1], "x2": box[2], "y2": box[3], "reasons": "; ".join(row.get("reasons", []))}
+                    )
+                if not rows:
+                    writer.writerow({"image": str(path), "status": "no_face"})
+    finally:
+        if out is not None:
+            out.close()
+        pipe.close()
     raise typer.Exit(status)
+
+
+def _said(row: dict) -> str:
+    """One face in words: "Ada (0.612)", "unknown (0.231)", or "retry: <why>" for a face too poor to name."""
+    if row["status"] == "retry":
+        return f"retry ({'; '.join(row.get('reasons', [])) or 'too poor a face to name'})"
+    return f"{row['name']} ({row['similarity']:.3f})"
 
 
 def _gallery(settings: Settings):

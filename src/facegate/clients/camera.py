@@ -194,8 +194,14 @@ class Reporter:
     def result(self, source: str, r: dict) -> None:
         name = r.get("user_name", "?")
         sim = r.get("similarity", 0.0)
-        known = r.get("status") == "recognized"
-        text = f"{escape(source)}: " + (f"[bold green]{escape(name)}[/] ({sim:.2f})" if known else f"[bold red]unknown[/] (nearest {sim:.2f})")
+        status = r.get("status")
+        if status == "recognized":
+            said = f"[bold green]{escape(name)}[/] ({sim:.2f})"
+        elif status == "retry":
+            said = "[bold yellow]retry[/] (too poor a face to name: " + escape("; ".join((r.get("quality") or {}).get("reasons") or [])) + ")"
+        else:
+            said = f"[bold red]unknown[/] (nearest {sim:.2f})"
+        text = f"{escape(source)}: " + said
         self.event("result", text, source=source, **r)
 
 

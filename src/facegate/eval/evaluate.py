@@ -253,7 +253,7 @@ class Evaluation:
 
     @staticmethod
     def _locate_key(s: Settings, degradation: str | None) -> tuple:
-        return (s.detector, s.det_threshold, s.max_detect_side, s.landmarks, s.fallback_detector, degradation)
+        return (s.detector, s.det_threshold, s.max_detect_side, s.landmarks, s.fallback_detector, s.illumination, degradation)
 
     def _located(self, pipe: Pipeline, degradation: str | None, label: str) -> list[_Face]:
         key = self._locate_key(pipe.settings, degradation)

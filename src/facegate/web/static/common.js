@@ -258,12 +258,13 @@ export function drawFaces(canvas, faces, labelFor = () => null) {
   });
 }
 
-/** How a /predict answer reads on screen: the name, or "unknown" plainly, with the similarity. */
+/** How an answer reads on screen (its `status`): the name, "unknown" plainly, or "retry", with the similarity. */
 export function describe(result) {
   const sim = typeof result.similarity === "number" ? result.similarity.toFixed(2) : "?";
+  if (result.status === "retry") return { text: "retry: hold still, face the camera", color: "#c98a00", known: false };
   if (result.status === "spoof") return { text: "spoof: a photo or a screen, not a live face", color: "#d9342b", known: false };
-  return result.status === "recognized" || (result.user_name && result.user_name !== "unknown")
-    ? { text: `${result.user_name} (${sim})`, color: "#1e9e4a", known: true }
+  return result.status === "recognized" || (!result.status && result.user_name && result.user_name !== "unknown")
+    ? { text: `${result.user_name || result.name} (${sim})`, color: "#1e9e4a", known: true }
     : { text: `unknown (${sim})`, color: "#d9342b", known: false };
 }
 

@@ -109,12 +109,28 @@ async function register(name) {
         await sleep(1000 * (e.retryAfter || 1));
       }
     }
-    showMessage(messageEl, `Registered ${r.user_name} (person #${r.person_id}, ${r.faces} faces).`, "ok");
+    // Photos the server left out (no face, too poor): marked, with its reasons; the others were enrolled.
+    const dropped = r.dropped || [];
+    for (const img of shots.querySelectorAll("img")) {
+      const d = dropped.find((x) => x.field === img.dataset.field);
+      img.classList.toggle("rejected", Boolean(d));
+      if (d) img.title = d.reasons.join("; ");
+    }
+    const left = dropped.map((d) => `photo ${FIELDS.indexOf(d.field) + 1} left out: ${d.reasons.join("; ")}`).join(" · ");
+    showMessage(
+      messageEl,
+      `Registered ${r.user_name} (person #${r.person_id}, ${r.faces} faces).` + (left ? ` ${left}` : ""),
+      left ? "warn" : "ok",
+    );
     guidanceEl.textContent = "Done";
   } catch (e) {
     // The server's own words: e.g. "sec_img: no face detected", or a name already taken.
     const field = e.body && e.body.field;
     for (const img of shots.querySelectorAll("img")) img.classList.toggle("rejected", img.dataset.field === field);
+    const droppedFields = ((e.body && e.body.dropped) || []).map((d) => d.field);
+    for (const img of shots.querySelectorAll("img")) {
+      if (droppedFields.includes(img.dataset.field)) img.classList.add("rejected");
+    }
     const which = FIELDS.includes(field) ? ` (photo ${FIELDS.indexOf(field) + 1} was rejected)` : "";
     showMessage(messageEl, `Not registered — ${e.message}${which}`, "error");
     guidanceEl.textContent = "Try again";

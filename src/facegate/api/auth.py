@@ -194,11 +194,13 @@ class AuthMiddleware:
 
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 _COMMON = {
-    "400": "A malformed request (a body that cannot be parsed, a bad Content-Length).",
+    "400": "A malformed request (a body that cannot be parsed, a bad Content-Length), or a Host this server does not answer to.",
     "429": "Rate limited: retry after the Retry-After header's seconds.",
     "503": "At capacity or timed out: retry after the Retry-After header's seconds.",
 }
 _PROTECTED = {"401": "No valid API key.", "403": "The key's role may not do this."}
+_STATE_CHANGING = {"403": "Sent from a page of another origin (Origin header), or the key's role may not do this."}
+_WITH_BODY = {"415": "A body of another type than the route takes (application/json, or multipart/form-data where files are)."}
 
 
 def document(app) -> None:
@@ -232,6 +234,10 @@ def document(app) -> None:
                     op["security"] = [{"bearer": []}, {"apiKeyHeader": []}]
                     op["description"] = (op.get("description") or "") + f"\n\nNeeds an API key with the **{role}** role (when keys exist)."
                     answers |= _PROTECTED
+                if method in ("post", "put", "patch", "delete"):
+                    answers |= _STATE_CHANGING
+                if "requestBody" in op:
+                    answers |= _WITH_BODY
                 if "422" in op.get("responses", {}):  # our validation errors have the one error shape
                     op["responses"]["422"]["content"] = {"application/json": {"schema": _ERROR_REF}}
                 for status, text in answers.items():

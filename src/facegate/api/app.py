@@ -16,6 +16,7 @@ from facegate import web
 from facegate.gallery.backends import describe, keys_for
 from facegate.security.exposure import HostPolicy, OpenMode
 from . import admin, auth, errors, legacy, liveness, v1
+from . import people
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
 from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
@@ -77,6 +78,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(legacy.router)
     app.include_router(v1.router)
+    app.include_router(people.router)  # PATCH /v1/people/{id}, DELETE /v1/faces/{id}
     app.include_router(liveness.router)
     app.include_router(v1.health_router)
     web.mount(app)  # the web client: pages, scripts and the MediaPipe assets

@@ -229,7 +229,7 @@ class AuditEntryOut(BaseModel):
     id: int
     at: str = Field(..., description="UTC time, ISO 8601.")
     actor: str = Field(..., description="key:<key id>@<address>, open@<address> (no keys yet), or cli:<user>.")
-    action: str = Field(..., description="enroll, add_faces, delete, reembed, export, key_create, key_revoke.")
+    action: str = Field(..., description="enroll, add_faces, delete, delete_face, rename, reembed, export, key_create, key_revoke.")
     person_id: int | None = None
     detail: dict
 

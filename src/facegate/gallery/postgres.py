@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from facegate.security import audit
-from facegate.errors import EncryptionError, KeyRequestError, ModelMismatchError, PersonNotFoundError
+from facegate.errors import EncryptionError, FaceNotFoundError, KeyRequestError, ModelMismatchError, PersonNotFoundError
 from .names import exists_error, rekeyed
 from .sqlite import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
 from facegate.security.keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
@@ -363,6 +363,42 @@ class PgGallery(GalleryCounts):
                 "UPDATE gallery_state SET people = people - 1, faces = faces - %s, generation = generation + 1", (person.face_count,)
             )
         return person
+
+    def rename_person(self, person_id: int, name: str, max_name_length: int = 128) -> Person:
+        """Give a person another name, under the rules of enrolment: ``clean_name``, and a name that looks
+        like another person's is a ``PersonExistsError`` (``ensure_name_free``); their own is theirs."""
+        name = clean_name(name, max_name_length)
+        key = name_key(name)
+        if not -(2**63) <= int(person_id) < 2**63:
+            raise PersonNotFoundError(f"no person with id {person_id}")
+        with self._read() as con:
+            owner = con.execute("SELECT id FROM people WHERE name_key = %s", (key,)).fetchone()
+        if owner is None or int(owner[0]) != person_id:  # "ada" -> "Ada" keeps their own key
+            self.ensure_name_free(name)  # before the transaction, as enrolment does: it reads on a connection of its own
+        with self._tx() as (con, _):
+            if con.execute("SELECT 1 FROM people WHERE id = %s FOR UPDATE", (person_id,)).fetchone() is None:
+                raise PersonNotFoundError(f"no person with id {person_id}")
+            taken = con.execute("SELECT id, name FROM people WHERE name_key = %s", (key,)).fetchone()
+            if taken is not None and int(taken[0]) != person_id:  # enrolled since the check above
+                raise exists_error(name, taken[1], int(taken[0]))
+            con.execute("UPDATE people SET name = %s, name_key = %s WHERE id = %s", (name, key, person_id))
+            _audit(con, audit.RENAME, person_id)
+            con.execute("UPDATE gallery_state SET generation = generation + 1")
+        return self.get_person(person_id)
+
+    def delete_face(self, face_id: int) -> Person:
+        """Forget one face: its row (vector, crop; the index entry goes with it). Its person stays, with the
+        faces left (none, possibly); returned as they are now."""
+        if not -(2**63) <= int(face_id) < 2**63:
+            raise FaceNotFoundError(f"no face with id {face_id}")
+        with self._tx() as (con, _):
+            row = con.execute("DELETE FROM faces WHERE id = %s RETURNING person_id", (face_id,)).fetchone()
+            if row is None:
+                raise FaceNotFoundError(f"no face with id {face_id}")
+            person_id = int(row[0])
+            _audit(con, audit.DELETE_FACE, person_id, face=face_id)
+            con.execute("UPDATE gallery_state SET faces = faces - 1, generation = generation + 1")
+        return self.get_person(person_id)
 
     def stored_crops(self) -> list[tuple[int, bytes | None]]:
         """Every face's id and aligned crop (None where crops were not kept)."""

@@ -30,7 +30,7 @@ import numpy as np
 
 from facegate.security import audit
 from facegate.security.encryption import Sealer
-from facegate.errors import EncryptionError, InvalidNameError, ModelMismatchError, PersonNotFoundError
+from facegate.errors import EncryptionError, FaceNotFoundError, InvalidNameError, ModelMismatchError, PersonNotFoundError
 from .hnswindex import HnswIndex
 from .pqindex import PQIndex, RowMap, exact_top
 from .names import check_visible, exists_error, rekeyed
@@ -234,8 +234,15 @@ class _Vectors:
         self.n = need
 
     def remove_person(self, person_id: int) -> np.ndarray:
+        return self._drop(self.view()[1] == person_id)
+
+    def remove_faces(self, face_ids: np.ndarray) -> np.ndarray:
+        """Drop the rows of ``face_ids``; returns the ids that were there."""
+        return self._drop(np.isin(self.view()[0], face_ids))
+
+    def _drop(self, mask: np.ndarray) -> np.ndarray:
+        """Compact into new arrays without the rows of ``mask`` (views taken before keep the old ones)."""
         ids, persons, vecs = self.view()
-        mask = persons == person_id
         gone = ids[mask].copy()
         if len(gone):
             keep = ~mask
@@ -484,8 +491,9 @@ class Gallery(GalleryCounts):
 
     def _name(self, person_id: int, stored: str) -> str:
         """A person's name in the clear: the one search already keeps in memory (opened once, at load or
-        write; ids are never reused and names never change), else opened from ``stored``, its column
-        value (a person another process enrolled since this one last caught up)."""
+        write; ids are never reused, and a rename reaches it through the change log: readers catch up
+        first), else opened from ``stored``, its column value (a person another process enrolled since
+        this one last caught up)."""
         name = self._names.get(person_id)
         return name if name is not None else self._sealer.open_text(stored)
 
@@ -661,6 +669,8 @@ class Gallery(GalleryCounts):
                             "WHERE f.person_id = ? AND f.id BETWEEN ? AND ? ORDER BY f.id",
                             (pid, first, last),
                         ).fetchall()
+                    elif op == "rename":  # the name as it is now (a later rename or delete wins, as it should)
+                        added[gen] = self._db.execute("SELECT name FROM people WHERE id = ?", (pid,)).fetchall()
         finally:
             self._db.execute("COMMIT")
         if changes is None:
@@ -675,6 +685,10 @@ class Gallery(GalleryCounts):
                 self._index_add([r[0] for r in rows], pid, self._name(pid, rows[0][2]), vecs)
             elif op == "delete":
                 removed |= self._index_remove(pid)
+            elif op == "rename" and added[gen]:
+                self._names[pid] = self._sealer.open_text(added[gen][0][0])
+            elif op == "delete_face":
+                removed |= self._index_remove_faces([first])
         self._after_write(target)
         if removed:
             self._save_index()
@@ -705,6 +719,15 @@ class Gallery(GalleryCounts):
         self._names.pop(person_id, None)
         return bool(len(ids))
 
+    def _index_remove_faces(self, face_ids: list[int]) -> bool:
+        """Drop single faces from memory and the index (their person stays); True if any was there."""
+        with self._index_lock.write():
+            ids = self._table.remove_faces(np.asarray(face_ids, np.int64))
+            if len(ids):
+                self._index.remove(ids)
+                self._rebuild_if_needed()
+        return bool(len(ids))
+
     def _rebuild_if_needed(self) -> None:
         """Under the index write lock: a new PQ index once a tenth of it is deleted faces (their codes then
         leave memory), or when the gallery has doubled since the codebooks were trained (up to 65k faces);
@@ -726,6 +749,20 @@ class Gallery(GalleryCounts):
         self._after_write(generation)
         if removed:
             self._save_index()  # now, not later: the deleted vectors must leave the disk before we answer
+
+    def _apply_rename(self, person_id: int, name: str, generation: int) -> None:
+        if self._caught_up(generation):
+            return
+        self._names[person_id] = name
+        self._after_write(generation)
+
+    def _apply_delete_face(self, face_id: int, generation: int) -> None:
+        if self._caught_up(generation):
+            return
+        removed = self._index_remove_faces([face_id])
+        self._after_write(generation)
+        if removed:
+            self._save_index()  # now: the deleted vector must leave the disk before we answer
 
     def _after_write(self, generation: int) -> None:
         # Not data_version: our own commits do not change it, and another process's may not be applied yet.
@@ -804,6 +841,41 @@ class Gallery(GalleryCounts):
             self._apply_delete(person_id, gen)
             return person
 
+    def rename_person(self, person_id: int, name: str, max_name_length: int = 128) -> Person:
+        """Give a person another name, under the rules of enrolment: ``clean_name``, and a name that looks
+        like another person's is a ``PersonExistsError`` (``ensure_name_free``); their own is theirs."""
+        name = clean_name(name, max_name_length)
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                if cur.execute("SELECT 1 FROM people WHERE id = ?", (person_id,)).fetchone() is None:
+                    raise PersonNotFoundError(f"no person with id {person_id}")
+                key = self._lookup_key(name)
+                if _person_id_by_key(cur, key) != person_id:  # "ada" -> "Ada" keeps their own key
+                    self.ensure_name_free(name)
+                cur.execute("UPDATE people SET name = ?, name_key = ? WHERE id = ?", (self._sealer.seal_text(name), key, person_id))
+                audit.record(cur, audit.RENAME, person_id)
+                gen = self._bump(cur, ("rename", person_id, None, None))
+            self._apply_rename(person_id, name, gen)
+            return self.get_person(person_id)
+
+    def delete_face(self, face_id: int) -> Person:
+        """Forget one face: its vector, crop and index entry. Its person stays, with the faces left (none,
+        possibly: they keep their name and can be given faces again); returned as they are now."""
+        with self._lock:
+            self._sync()
+            with self._tx() as cur:
+                row = cur.execute("SELECT person_id FROM faces WHERE id = ?", (face_id,)).fetchone()
+                if row is None:
+                    raise FaceNotFoundError(f"no face with id {face_id}")
+                person_id = int(row[0])
+                cur.execute("DELETE FROM faces WHERE id = ?", (face_id,))
+                audit.record(cur, audit.DELETE_FACE, person_id, face=face_id)
+                gen = self._bump(cur, ("delete_face", person_id, face_id, face_id))
+            self._purger.purge()  # the old page images in the WAL, as for a person
+            self._apply_delete_face(face_id, gen)
+            return self.get_person(person_id)
+
     def stored_crops(self) -> list[tuple[int, bytes | None]]:
         """Every face's id and aligned crop (None where crops were not kept)."""
         with self._lock:
@@ -870,6 +942,7 @@ class Gallery(GalleryCounts):
     def export(self) -> list[tuple[Person, list[tuple[int, str | None, str, bytes]]]]:
         """Every person with their faces' (id, source, created_at, float32 vector bytes), one consistent read."""
         with self._lock:
+            self._sync()
             self._db.execute("BEGIN")
             try:
                 people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
@@ -885,6 +958,7 @@ class Gallery(GalleryCounts):
     # ------------------------------------------------------------------ reads
     def get_person(self, person_id: int) -> Person:
         with self._lock:
+            self._sync()  # another process may have renamed them
             row = self._db.execute("SELECT id, name, created_at FROM people WHERE id = ?", (person_id,)).fetchone()
             if row is None:
                 raise PersonNotFoundError(f"no person with id {person_id}")
@@ -901,6 +975,7 @@ class Gallery(GalleryCounts):
 
     def list_people(self) -> list[Person]:
         with self._lock:
+            self._sync()
             people = self._db.execute("SELECT id, name, created_at FROM people ORDER BY id").fetchall()
             counts = dict(self._db.execute("SELECT person_id, COUNT(*) FROM faces GROUP BY person_id").fetchall())
         return [Person(p[0], self._name(p[0], p[1]), p[2], counts.get(p[0], 0)) for p in people]

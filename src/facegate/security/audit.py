@@ -22,6 +22,8 @@ current_actor: ContextVar[str] = ContextVar("facegate_actor", default="unknown")
 ENROLL = "enroll"
 ADD_FACES = "add_faces"
 DELETE = "delete"
+DELETE_FACE = "delete_face"
+RENAME = "rename"
 REEMBED = "reembed"
 ENCRYPT = "encrypt"
 EXPORT = "export"

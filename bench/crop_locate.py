@@ -30,7 +30,8 @@ from facegate.vision.detect import Face, face_around_eyes, pick_main_face
 from facegate.errors import NoFaceError
 from facegate.vision.imageio import decode_image
 from facegate.eval.metrics import eer, pair_scores, tar_at_far
-from facegate.pipeline import CROP_LIKE, LocatedFace, Pipeline
+from facegate.pipeline import Pipeline
+from facegate.vision.locate import CROP_LIKE, LocatedFace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import central_face  # noqa: E402
@@ -158,7 +159,7 @@ def main() -> int:
                     missed[m][name] += 1
                     continue
                 else:
-                    lf = p._aligned(crop, f, near.keypoints.copy(), "detector")
+                    lf = p.locator._aligned(crop, f, near.keypoints.copy(), "detector")
                 secs[m][name].append(time.perf_counter() - t0)
                 vec[m][-1][name] = p.embed([lf.aligned])[0]
                 cos[m][-1][name] = float(vec[m][-1][name] @ ref)

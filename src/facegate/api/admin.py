@@ -29,16 +29,23 @@ async def audit_log(
 
 
 @router.get("/export", response_model=GalleryExport)
-async def export(pipeline: PipelineDep, worker: WorkerDep) -> GalleryExport:
-    """Every person with their face embeddings (not the crops), for a backup or a move."""
+async def export(
+    pipeline: PipelineDep,
+    worker: WorkerDep,
+    crops: bool = Query(False, description="Add each face's aligned crop (JPEG, base64): an import can then be re-embedded."),
+) -> GalleryExport:
+    """Every person with their face embeddings (and, with ``crops=true``, their crops), for a backup or a
+    move: ``facegate import FILE`` enrols them in another gallery."""
 
     def work():
         g = pipeline.gallery
         data = g.export()
-        g.record(audit.EXPORT, None, people=len(data), faces=sum(p.face_count for p, _ in data))
-        return g.model_id, g.dim, data
+        kept = dict(g.stored_crops()) if crops else {}
+        extra = {"crops": True} if crops else {}
+        g.record(audit.EXPORT, None, people=len(data), faces=sum(p.face_count for p, _ in data), **extra)
+        return g.model_id, g.dim, data, kept
 
-    model, dim, data = await worker.run(work)
+    model, dim, data, kept = await worker.run(work)
     return GalleryExport(
         model=model,
         dim=dim,
@@ -47,7 +54,16 @@ async def export(pipeline: PipelineDep, worker: WorkerDep) -> GalleryExport:
                 id=p.id,
                 name=p.name,
                 created_at=p.created_at,
-                faces=[ExportFace(id=f, source=s, created_at=c, embedding=base64.b64encode(v).decode()) for f, s, c, v in faces],
+                faces=[
+                    ExportFace(
+                        id=f,
+                        source=s,
+                        created_at=c,
+                        embedding=base64.b64encode(v).decode(),
+                        crop=base64.b64encode(kept[f]).decode() if kept.get(f) else None,
+                    )
+                    for f, s, c, v in faces
+                ],
             )
             for p, faces in data
         ],

@@ -244,6 +244,9 @@ class ExportFace(BaseModel):
     source: str | None
     created_at: str
     embedding: str = Field(..., description="Unit vector, little-endian float32, base64.")
+    crop: str | None = Field(
+        None, description="The aligned 112x112 crop (JPEG, base64) with ?crops=true (what a later re-embedding needs); else null."
+    )
 
 
 class ExportPerson(BaseModel):

@@ -482,6 +482,9 @@ gallery_app.command("migrate")(migrate_command)
 from .doctor import doctor_command  # noqa: E402  (is the install ready?)
 
 app.command("doctor")(doctor_command)
+from .transfer import import_command  # noqa: E402  (what GET /v1/export gave, enrolled here)
+
+app.command("import")(import_command)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ RENAME = "rename"
 REEMBED = "reembed"
 ENCRYPT = "encrypt"
 EXPORT = "export"
+IMPORT = "import"
 KEY_CREATE = "key_create"
 KEY_REVOKE = "key_revoke"
 

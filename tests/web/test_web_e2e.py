@@ -2,8 +2,9 @@
 against a real `facegate serve` on loopback. The camera is Chromium's fake capture device fed a
 .y4m video that the test builds from real photos of two people.
 
-Screenshots go to tests/web/artifacts/ (git-ignored); the in-browser BlazeFace time per frame is
-printed (run with -s to see it)."""
+Screenshots go to tests/web/artifacts/ (git-ignored); the live page and the gallery are also saved,
+small, as docs/img/live.png and docs/img/gallery.png for the README and the docs. The in-browser
+BlazeFace time per frame is printed (run with -s to see it)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from facegate import web
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+DOC_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
 NAME = "Eileen Collins"
 PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 FLAGS = [
@@ -92,6 +94,28 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def doc_shot(page, name: str) -> Path:
+    """The page down to its last visible element, at CSS pixels (390 px wide), as a small 96-colour PNG
+    in docs/img/ (the README's and the docs' screenshots)."""
+    from PIL import Image
+
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    path = DOC_IMAGES / name
+    raw = ARTIFACTS / f"doc-{name}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    bottom = page.evaluate(
+        "() => Math.ceil(Math.max(0, ...[...document.querySelectorAll('main > *')]"
+        ".filter((e) => e.offsetParent !== null).map((e) => e.getBoundingClientRect().bottom)))"
+    )
+    view = page.viewport_size
+    height = min(view["height"], bottom + 16) if bottom > 0 else view["height"]
+    page.screenshot(path=str(raw), scale="css", clip={"x": 0, "y": 0, "width": view["width"], "height": height})
+    with Image.open(raw) as im:
+        im.convert("RGB").quantize(colors=96, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    print(f"screenshot for the docs: {path}")
+    return path
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _assets_installed():
     assert web.mediapipe_installed(), (
@@ -148,6 +172,7 @@ def test_register_in_browser_then_live_page_names_her_and_a_stranger_is_unknown(
         assert result["user_name"] == NAME and result["status"] == "recognized", result
         assert fits_width(live)
         shot(live, "live-page-recognized.png")
+        doc_shot(live, "live.png")
         figures["live, enrolled person"] = detection_stats(live)
         most = poller.most_within(1.0)
         print(f"\nlive page: most /predict the server answered within any second: {most}")
@@ -193,6 +218,7 @@ def test_register_in_browser_then_live_page_names_her_and_a_stranger_is_unknown(
             "() => [...document.querySelectorAll('.thumbs img')].filter(i => i.complete && i.naturalWidth === 112).length === 3"
         )
         shot(gallery, "gallery-page.png")
+        doc_shot(gallery, "gallery.png")
         dialogs = []
         gallery.once("dialog", lambda d: (dialogs.append(d.message), d.accept()))
         gallery.click(".person button.danger")

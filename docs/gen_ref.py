@@ -401,7 +401,7 @@ if __name__ == "__main__":
     print(settings_page())
     print(cli_page())
     print(http_page())
-else:  # run by the mkdocs-gen-files plugin
+elif __name__ == "<run_path>":  # run by the mkdocs-gen-files plugin (runpy.run_path); imported, it writes nothing
     src = Path(__file__).resolve().parent.parent / "src"
     if src.is_dir() and str(src) not in sys.path:
         sys.path.insert(0, str(src))

@@ -102,12 +102,12 @@ class Settings(BaseSettings):
     enroll_min_face_px: float | None = Field(48.0, ge=0, description="Enrolment: smallest face (px of the aligned region).")
     # Defaults kept only where the signal's error-versus-discard curve (`facegate eval --edc`) falls clearly below
     # random on lfw-dev and on every degraded copy: the feature norm and the face size. Sharpness, brightness and
-    # head pose did not (docs, Accuracy): they are measured and reported, and refuse nothing unless set here.
+    # head pose did not (docs/accuracy.md): they are measured and reported, and refuse nothing unless set here.
     enroll_min_sharpness: float | None = Field(None, ge=0, description="Enrolment: least sharpness (Laplacian variance / contrast).")
     enroll_min_brightness: float | None = Field(None, ge=0, le=255, description="Enrolment: darkest mean grey level.")
     enroll_max_brightness: float | None = Field(None, ge=0, le=255, description="Enrolment: brightest mean grey level.")
     enroll_max_yaw: float | None = Field(
-        60.0, ge=0, le=90, description="Enrolment: largest head turn, degrees (3D estimate, good to ~6 deg up to 60; beyond, near profile)."
+        None, ge=0, le=90, description="Enrolment: largest head turn, degrees (the 3D estimate, good to ~6 deg up to 60)."
     )
     enroll_min_feature_norm: float | None = Field(
         None, ge=0, description="Enrolment: least embedding feature norm; None: the model's measured default; 0: off."

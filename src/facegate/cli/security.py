@@ -165,7 +165,7 @@ def gallery_encrypt(data: DataOpt = None, config: ConfigOpt = None) -> None:
     s = _settings(config, data)
     if s.gallery:
         fail("the PostgreSQL gallery is not sealed by FaceGate (pgvector must read the vectors): "
-             "encrypt the database's storage instead (README, Scaling out)", 2)
+             "encrypt the database's storage instead (docs/deployment.md, PostgreSQL)", 2)
     if not s.encryption_key:
         console.print("[red]error:[/red] set FACEGATE_ENCRYPTION_KEY first (make one with `facegate gallery new-key`)")
         raise typer.Exit(2)

@@ -14,6 +14,15 @@ from pathlib import Path
 import numpy as np
 
 
+def _hnswlib():
+    """hnswlib, an optional extra (it builds from source): a clear message where it is not installed."""
+    try:
+        import hnswlib
+    except ImportError as exc:
+        raise RuntimeError("ann_index = 'hnsw' needs hnswlib: pip install 'facegate[hnsw]' (a C++ compiler builds it)") from exc
+    return hnswlib
+
+
 class HnswIndex:
     """An hnswlib inner-product graph over face ids and the number of live (not deleted) faces in it."""
 
@@ -24,8 +33,7 @@ class HnswIndex:
 
     @classmethod
     def build(cls, dim: int, vectors: np.ndarray, ids: np.ndarray, *, m: int, ef_construction: int, ef: int) -> HnswIndex:
-        import hnswlib
-
+        hnswlib = _hnswlib()
         n = len(ids)
         index = hnswlib.Index(space="ip", dim=dim)
         index.init_index(max_elements=max(2 * n, 1024), M=m, ef_construction=ef_construction, allow_replace_deleted=False)
@@ -37,8 +45,7 @@ class HnswIndex:
     @classmethod
     def load(cls, path: Path, dim: int, live: int, ef: int) -> HnswIndex:
         """The graph saved at ``path``, holding ``live`` faces not deleted (the caller checked its stamp)."""
-        import hnswlib
-
+        hnswlib = _hnswlib()
         index = hnswlib.Index(space="ip", dim=dim)
         index.load_index(str(path), max_elements=max(live, 16))
         index.set_ef(ef)

@@ -13,7 +13,7 @@ Same interface as the embedded ``facegate.gallery.sqlite.Gallery`` (``facegate.g
   ``schema_version`` table), under an advisory lock so servers starting together do not race.
 - Encryption at rest is refused here: pgvector must read the vectors to index and compare them,
   so sealed vectors could only be searched by loading them all into every server (a per-process
-  copy of the gallery). Use the database's own storage encryption instead (README, Scaling out).
+  copy of the gallery). Use the database's own storage encryption instead (docs/deployment.md, PostgreSQL).
 """
 
 from __future__ import annotations
@@ -429,7 +429,7 @@ class PgGallery(GalleryCounts):
 
     def seal_existing(self, key: str) -> int:
         raise EncryptionError(
-            "the PostgreSQL gallery is not sealed by FaceGate: encrypt the database's storage instead (README, Scaling out)"
+            "the PostgreSQL gallery is not sealed by FaceGate: encrypt the database's storage instead (docs/deployment.md, PostgreSQL)"
         )
 
     def record(self, action: str, person_id: int | None = None, **detail: object) -> None:

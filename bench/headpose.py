@@ -1,16 +1,14 @@
 """Head-pose accuracy and cost on photos with labelled pose (default ../shared/faces/pose, AFLW2000-3D).
 
 Every photo goes through ``Pipeline.locate`` (the server's path, default settings); the points it
-hands to ``quality.measure`` are recorded (the function is wrapped, nothing else changes), and the
-BlazeFace keypoints of the face it found. Methods, all on those points:
+hands to ``quality.measure`` are recorded (the function is wrapped, nothing else changes). Methods:
 
-- ``head_pose``: ``vision/headpose.py`` on the points measure() gets (YuNet's 5; BlazeFace's 4 where
-  YuNet found none): what the server reports;
+- ``head_pose``: ``vision/headpose.py`` on the points measure() reads pose from (BlazeFace's 4 where
+  the face has them, else YuNet's 5): what the server reports;
+- ``head_pose_yunet5``: the same on YuNet's five alignment points of the same face;
 - ``old_nose_offset``: the nose-offset formula ``pose_from_points`` used before (yaw = asin(offset /
-  0.5 inter-eye distances), roll from the eye line, no pitch), its sign turned to the labels' convention
-  (it counted the other way: positive = toward the image's right);
-- ``head_pose_blazeface4``: ``head_pose`` on BlazeFace's 4 alignment points of the same face (eyes, nose
-  tip, mouth centre), which measure() does not get today.
+  0.5 inter-eye distances), roll from the eye line, no pitch) on the alignment points, its sign turned
+  to the labels' convention (it counted the other way: positive = toward the image's right).
 
 Labels' convention (SOURCE.md): yaw > 0 the face turned toward the image's left, pitch > 0 chin up,
 roll > 0 clockwise. Figures: mean absolute error (MAE) of yaw over |yaw| <= 60 (issue 18's target
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import facegate.pipeline as pipeline_module
+import facegate.vision.locate as locate_module
 from facegate.config import Settings
 from facegate.vision.headpose import head_pose
 from facegate.vision.imageio import decode_image
@@ -64,39 +63,39 @@ PASSES = 20
 
 #: name: (which points, method)
 METHODS = {
-    "head_pose": ("served", new_head_pose),
-    "old_nose_offset": ("served", old_nose_offset),
-    "head_pose_blazeface4": ("blazeface4", new_head_pose),
+    "head_pose": ("served", new_head_pose),  # the points the server reads pose from (BlazeFace's 4 where found)
+    "head_pose_yunet5": ("alignment", new_head_pose),  # YuNet's five alignment points of the same faces
+    "old_nose_offset": ("alignment", old_nose_offset),
 }
 
 
 def collect(folder: Path) -> list[dict]:
     """Each labelled photo's labels and the points the server's path finds for it."""
     seen: dict = {}
-    measure = pipeline_module.measure
+    measure = locate_module.measure
 
-    def recording(aligned, matrix, points, det_score, image_shape=None):
+    def recording(aligned, matrix, points, det_score, image_shape=None, pose_points=None):
         seen["points"] = np.array(points, dtype=np.float64)
-        return measure(aligned, matrix, points, det_score, image_shape)
+        seen["pose_points"] = seen["points"] if pose_points is None else np.array(pose_points, dtype=np.float64)
+        return measure(aligned, matrix, points, det_score, image_shape, pose_points)
 
-    pipeline_module.measure = recording
+    locate_module.measure = recording
     pipe = pipeline_module.Pipeline.from_settings(Settings(data_dir=Path(tempfile.mkdtemp(prefix="headpose-"))))
     rows = []
     try:
         for row in csv.DictReader(open(folder / "labels.csv", newline="")):
             seen.clear()
-            lf = pipe.locate(decode_image((folder / row["file"]).read_bytes()))
-            kp = lf.face.keypoints if lf.face is not None else None
+            pipe.locate(decode_image((folder / row["file"]).read_bytes()))
             rows.append(
                 {
                     "file": row["file"],
                     "label": (float(row["yaw_deg"]), float(row["pitch_deg"]), float(row["roll_deg"])),
-                    "served": seen["points"],
-                    "blazeface4": kp[:4].copy() if kp is not None and kp.shape == (6, 2) else seen["points"],
+                    "served": seen["pose_points"],
+                    "alignment": seen["points"],
                 }
             )
     finally:
-        pipeline_module.measure = measure
+        locate_module.measure = measure
         pipe.close()
     return rows
 

@@ -33,13 +33,13 @@ Convention (AFLW2000-3D's, the set it was validated on): degrees; the head's rot
 - pitch > 0: chin up;
 - roll > 0: the head rotated clockwise as seen in the image (the image-right eye lower).
 
-Measured (``bench/headpose.py``, 228 AFLW2000-3D photos in ``../shared/faces/pose``, points from the
-server's own path, ``Pipeline.locate``): yaw mean absolute error 6.4 deg over the 160 photos with
-|yaw| <= 60 (the old nose-offset formula: 15.7), the sign right for 100 % of the 188 photos with
-|yaw| >= 15; pitch 10.8 and roll 8.6 deg over the same 160. YuNet's five points place pitch poorly and
-follow an in-plane turn of the head by only about half; BlazeFace's four points of the same faces do
-better: yaw 4.3, pitch 6.6, roll 4.1. Beyond |yaw| 60 the estimate falls
-short (about 14 deg at 60..90): read a large value as "turned far", not as an angle.
+Measured (``bench/headpose.py``, 228 AFLW2000-3D photos in ``../shared/faces/pose``, through the
+server's own path, ``Pipeline.locate``, which reads pose from BlazeFace's four points where the face has
+them): yaw mean absolute error 4.3 deg over the 160 photos with |yaw| <= 60 (the old nose-offset
+formula: 15.7), the sign right for 100 % of the 188 photos with |yaw| >= 15; pitch 6.6 and roll 4.1
+deg over the same 160. On YuNet's five points of the same faces: yaw 6.4, pitch 10.8, roll 8.6 (they
+place pitch poorly and follow an in-plane turn of the head by only about half). Beyond |yaw| 60 the
+estimate falls short (12-13 deg at 60..90): read a large value as "turned far", not as an angle.
 """
 
 from __future__ import annotations

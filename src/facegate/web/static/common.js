@@ -5,19 +5,44 @@ const MEDIAPIPE = "/web/mediapipe";
 const KEY_STORE = "facegate.apiKey";
 
 // ----------------------------------------------------------------------------------- settings
+let typedKey = null; // the key as last typed in this page's Settings (null: none typed here yet)
+
+/** The API key sent with every call: read at each call, so a key typed in Settings counts at once. */
 export function apiKey() {
-  return localStorage.getItem(KEY_STORE) || "";
+  if (typedKey !== null) return typedKey;
+  try {
+    return localStorage.getItem(KEY_STORE) || "";
+  } catch {
+    return ""; // storage refused (e.g. a private window): only a typed key
+  }
 }
 
-/** Wires the header's API key field (kept in this browser's localStorage only). */
-export function setupSettings() {
+/** Keeps `key` for the next calls (and in this browser's localStorage); "" forgets it. */
+export function saveApiKey(key) {
+  typedKey = (key || "").trim();
+  try {
+    if (typedKey) localStorage.setItem(KEY_STORE, typedKey);
+    else localStorage.removeItem(KEY_STORE);
+  } catch {
+    // kept in memory for this page only
+  }
+}
+
+/**
+ * Wires the header's API key field (kept in this browser's localStorage only). Each keystroke is
+ * used by the next request; when the field is committed (Enter, leaving it) `onChange` runs, e.g. to
+ * load again what a missing key refused, without reloading the page.
+ */
+export function setupSettings(onChange = null) {
   const input = document.getElementById("api-key");
   if (!input) return;
   input.value = apiKey();
+  input.addEventListener("input", () => saveApiKey(input.value));
   input.addEventListener("change", () => {
-    const v = input.value.trim();
-    if (v) localStorage.setItem(KEY_STORE, v);
-    else localStorage.removeItem(KEY_STORE);
+    saveApiKey(input.value);
+    input.removeAttribute("aria-invalid");
+    window.dispatchEvent(new CustomEvent("facegate:apikey"));
+    if (onChange) onChange(apiKey());
   });
 }
 
@@ -44,14 +69,16 @@ export class ApiError extends Error {
 }
 
 /** fetch() + JSON, turning the server's JSON errors ({detail, code, field}) into ApiError. */
+/** A FormData body goes as multipart/form-data (file uploads), anything else as JSON. */
 export async function api(method, path, body) {
   const headers = {};
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const form = typeof FormData !== "undefined" && body instanceof FormData;
+  if (body !== undefined && !form) headers["Content-Type"] = "application/json";
   const key = apiKey();
   if (key) headers["Authorization"] = `Bearer ${key}`;
   let r;
   try {
-    r = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+    r = await fetch(path, { method, headers, body: body === undefined ? undefined : form ? body : JSON.stringify(body) });
   } catch (e) {
     throw new ApiError(0, `the server cannot be reached (${e.message})`, null, null);
   }
@@ -226,36 +253,88 @@ export function meanLuma(source, face) {
 }
 
 // ------------------------------------------------------------------------------------ drawing
-/** Boxes, the six keypoints and an optional label per face, in the source's pixels. */
+const overlaps = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+const overlapArea = (a, b) =>
+  Math.max(0, Math.min(a.x + a.w, b.x + b.w) - Math.max(a.x, b.x)) * Math.max(0, Math.min(a.y + a.h, b.y + b.h) - Math.max(a.y, b.y));
+
+/**
+ * Where each face's label goes, so that no two labels intersect (pure: no canvas, testable).
+ * items[i]: {box: [x1, y1, x2, y2], w, h} (the label's size), or null for a face without a label.
+ * A label sits on its box's top edge (inside the picture); when that place is taken it moves to the
+ * nearest free height in its column: below the box, or just above or below the labels in the way.
+ * Faces are placed from the top of the picture down. Returns [{x, y, w, h} | null] in items' order;
+ * only when the picture has no free height left does a label take the place it overlaps least.
+ */
+export function layoutLabels(items, width, height) {
+  const out = items.map(() => null);
+  const placed = [];
+  const order = items
+    .map((it, i) => i)
+    .filter((i) => items[i])
+    .sort((a, b) => items[a].box[1] - items[b].box[1] || items[a].box[0] - items[b].box[0] || a - b);
+  for (const i of order) {
+    const { box, w, h } = items[i];
+    const [x1, y1, , y2] = box;
+    const x = Math.max(0, Math.min(x1, width - w));
+    const clampY = (y) => Math.max(0, Math.min(y, height - h));
+    const want = clampY(y1 - h);
+    const ys = [want, clampY(y2), 0, clampY(height - h)];
+    for (const p of placed) ys.push(clampY(p.y + p.h), clampY(p.y - h));
+    const candidates = [...new Set(ys)]
+      .map((y) => ({ x, y, w, h }))
+      .sort((a, b) => Math.abs(a.y - want) - Math.abs(b.y - want) || a.y - b.y);
+    let rect = candidates.find((c) => placed.every((p) => !overlaps(p, c)));
+    if (!rect) {
+      const cost = (c) => placed.reduce((s, p) => s + overlapArea(p, c), 0);
+      rect = candidates.reduce((best, c) => (cost(c) < cost(best) ? c : best));
+    }
+    placed.push(rect);
+    out[i] = rect;
+  }
+  return out;
+}
+
+/**
+ * Boxes, the six keypoints and an optional label per face, in the source's pixels. Labels are laid
+ * out by layoutLabels (never on top of each other); returns their rectangles (null: no label).
+ */
 export function drawFaces(canvas, faces, labelFor = () => null) {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   const lw = Math.max(2, canvas.width / 250);
+  const size = Math.max(14, canvas.width / 28);
+  const font = `bold ${size}px system-ui, sans-serif`;
+  const labels = faces.map((f, i) => labelFor(f, i));
+  ctx.font = font;
+  const rects = layoutLabels(
+    faces.map((f, i) => (labels[i] ? { box: f.box, w: ctx.measureText(labels[i].text).width + size * 0.6, h: size * 1.4 } : null)),
+    canvas.width,
+    canvas.height,
+  );
   faces.forEach((f, i) => {
-    const label = labelFor(f, i);
-    const color = label ? label.color : "#3fa9f5";
+    const color = labels[i] ? labels[i].color : "#3fa9f5";
     const [x1, y1, x2, y2] = f.box;
     ctx.lineWidth = lw;
     ctx.strokeStyle = color;
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     ctx.fillStyle = "#ffd400";
-    for (const [x, y] of f.keypoints) {
+    for (const [x, y] of f.keypoints || []) {
       ctx.beginPath();
       ctx.arc(x, y, lw * 1.2, 0, 2 * Math.PI);
       ctx.fill();
     }
-    if (label) {
-      const size = Math.max(14, canvas.width / 28);
-      ctx.font = `bold ${size}px system-ui, sans-serif`;
-      const tw = ctx.measureText(label.text).width + size * 0.6;
-      const ty = Math.max(0, y1 - size * 1.4);
-      const tx = Math.max(0, Math.min(x1, canvas.width - tw)); // keep the label inside the picture
-      ctx.fillStyle = color;
-      ctx.fillRect(tx, ty, tw, size * 1.4);
-      ctx.fillStyle = "#fff";
-      ctx.fillText(label.text, tx + size * 0.3, ty + size * 1.05);
-    }
   });
+  // Labels last, so no box is drawn over a label.
+  faces.forEach((f, i) => {
+    const r = rects[i];
+    if (!r) return;
+    ctx.font = font;
+    ctx.fillStyle = labels[i].color;
+    ctx.fillRect(r.x, r.y, r.w, r.h);
+    ctx.fillStyle = "#fff";
+    ctx.fillText(labels[i].text, r.x + size * 0.3, r.y + size * 1.05);
+  });
+  return rects;
 }
 
 /** How an answer reads on screen (its `status`): the name, "unknown" plainly, or "retry", with the similarity. */

@@ -1,5 +1,6 @@
 // Register page: live guidance (face present, big enough, centred, lit), then 3 photos with a
 // visible countdown, sent to /register; the server's answer is shown, a rejected photo marked.
+// Or: photos uploaded from this device, enrolled through POST /v1/people.
 import { api, bestFace, createDetector, cropFace, drawFaces, meanLuma, setupSettings, showMessage, startCamera, statsLine } from "/web/static/common.js";
 
 const $ = (id) => document.getElementById(id);
@@ -150,6 +151,86 @@ $("form").addEventListener("submit", (ev) => {
   }
   if (!capturing) register(name);
 });
+
+// ------------------------------------------------- enrolment by uploading photos (POST /v1/people)
+// Works without the camera. The answer lists the photos left out (no face, too poor) with reasons;
+// a face that looks like someone already enrolled is refused, unless "Enrol anyway" is pressed.
+const uploadMsg = $("upload-message");
+const droppedList = $("upload-dropped");
+const anyway = $("enrol-anyway");
+
+/** "images[1]" -> the chosen file's name. */
+function photoName(files, field) {
+  const m = /^images\[(\d+)\]$/.exec(field || "");
+  const f = m ? files[Number(m[1])] : null;
+  return f ? f.name : field;
+}
+
+function listDropped(files, dropped) {
+  droppedList.innerHTML = "";
+  for (const d of dropped || []) {
+    const li = document.createElement("li");
+    li.className = "error";
+    li.dataset.field = d.field;
+    li.textContent = `${photoName(files, d.field)}: left out — ${(d.reasons || [d.code]).join("; ")}`;
+    droppedList.appendChild(li);
+  }
+}
+
+async function upload(allowDuplicate = false) {
+  const name = $("name").value.trim();
+  const files = [...$("photos").files];
+  anyway.hidden = true;
+  if (!name) {
+    showMessage(uploadMsg, "Enter the person's name first", "error");
+    $("name").focus();
+    return;
+  }
+  if (!files.length) {
+    showMessage(uploadMsg, "Choose one or more photos first", "error");
+    return;
+  }
+  const form = new FormData();
+  form.append("name", name);
+  for (const f of files) form.append("images", f, f.name);
+  if (allowDuplicate) form.append("allow_duplicate", "true");
+  $("upload").disabled = true;
+  listDropped(files, []);
+  showMessage(uploadMsg, `Sending ${files.length} photo(s)…`, "info");
+  try {
+    let p = null;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        p = await api("POST", "/v1/people", form);
+        break;
+      } catch (e) {
+        if (e.status !== 503 || attempt >= 5) throw e;
+        showMessage(uploadMsg, `Server busy, retrying in ${e.retryAfter || 1} s (${attempt}/4)…`, "info");
+        await sleep(1000 * (e.retryAfter || 1));
+      }
+    }
+    const dropped = p.dropped || [];
+    listDropped(files, dropped);
+    const n = p.face_count;
+    const left = dropped.length ? ` ${dropped.length} photo(s) left out:` : "";
+    showMessage(uploadMsg, `Enrolled ${p.name} (person #${p.id}) with ${n} face${n === 1 ? "" : "s"}.${left}`, left ? "warn" : "ok");
+  } catch (e) {
+    const b = e.body || {};
+    listDropped(files, b.dropped);
+    if (e.status === 409 && b.code === "looks_like") {
+      const sim = typeof b.similarity === "number" ? ` (similarity ${b.similarity.toFixed(2)})` : "";
+      showMessage(uploadMsg, `Not enrolled: this face looks like ${b.name}${sim}, who is already enrolled.`, "error");
+      anyway.hidden = false;
+    } else {
+      showMessage(uploadMsg, `Not enrolled — ${e.message}`, "error");
+    }
+  } finally {
+    $("upload").disabled = false;
+  }
+}
+
+$("upload").addEventListener("click", () => upload(false));
+anyway.addEventListener("click", () => upload(true));
 
 try {
   detector = await createDetector();

@@ -99,7 +99,7 @@ def test_round_trip_same_people_same_vectors_same_answers(source, pictures, star
             assert [r.content for r in crops] == list(source["crops"].values())  # the same crops, in order
         else:
             assert all(r.status_code == 404 for r in crops)
-        log = c.get("/v1/audit").json()["entries"]
+        log = [e for e in c.get("/v1/audit").json()["entries"] if e["action"] != "crop_read"]  # the reads above, counted
         assert [e["action"] for e in log][:3] == ["export", "import", "enroll"]
         assert log[1]["detail"] == {"people": 2, "faces": 4, "crops": 4 if kind == "crops" else 0}
         assert log[1]["actor"].startswith("cli:")

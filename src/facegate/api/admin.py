@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from facegate.security import audit
 from .deps import PipelineDep, WorkerDep
@@ -15,13 +15,22 @@ router = APIRouter(prefix="/v1", tags=["administration"])
 
 @router.get("/audit", response_model=AuditLog)
 async def audit_log(
+    request: Request,
     pipeline: PipelineDep,
     worker: WorkerDep,
     limit: int = Query(100, ge=1, le=1000),
     before: int | None = Query(None, ge=1, le=2**63 - 1, description="Entries older than this id."),
 ) -> AuditLog:
-    """Who enrolled, deleted or exported what, and when; newest first. Holds no names or images."""
-    entries = await worker.run(pipeline.gallery.audit_log, limit, before)
+    """Who enrolled, deleted or exported what, and when; newest first. Holds no names or images.
+    Crop reads, listings and failed authentication are counted: one entry per actor and minute, ``count``."""
+
+    def work():
+        tally = getattr(request.app.state, "tally", None)
+        if tally is not None:  # the counts so far first: the log answered is up to date
+            audit.write(pipeline.gallery, tally.drain())
+        return pipeline.gallery.audit_log(limit, before)
+
+    entries = await worker.run(work)
     return AuditLog(
         entries=[AuditEntryOut(**e.__dict__) for e in entries],
         next_before=entries[-1].id if len(entries) == limit else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from facegate.config import Settings
 from facegate.pipeline import Pipeline
 from facegate import web
 from facegate.gallery.backends import describe, keys_for
+from facegate.security import audit
 from facegate.security.exposure import HostPolicy, OpenMode
 from . import admin, auth, errors, legacy, liveness, v1
 from . import people
@@ -49,9 +51,15 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,
         )
+        flusher = asyncio.create_task(_flush_tallies(app))
         try:
             yield
         finally:
+            flusher.cancel()
+            try:
+                await anyio.to_thread.run_sync(audit.write, g, app.state.tally.drain())  # counts not yet written
+            except Exception:
+                log.exception("could not write the audit counts at shutdown")
             app.state.keys.close()
             if own:
                 await anyio.to_thread.run_sync(p.close)
@@ -63,6 +71,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     metrics = Metrics()
+    app.state.tally = audit.Tally()  # crop reads, listings, failed authentication: counted per actor per minute
     app.add_middleware(PixelBudgetMiddleware, per_request=settings.max_request_pixels, per_server=settings.max_server_pixels)
     app.add_middleware(JsonBodyMiddleware)  # innermost: reads a body only after admission, size cap and keys let it in
     app.add_middleware(AdmissionMiddleware)
@@ -85,6 +94,19 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(admin.router)
     auth.document(app)
     return app
+
+
+async def _flush_tallies(app: FastAPI) -> None:
+    """Write the audit counts of closed windows, so the log is whole within a window even when idle."""
+    tally: audit.Tally = app.state.tally
+    while True:
+        await asyncio.sleep(tally.window_s / 4)
+        entries = tally.drain(everything=False)
+        if entries:
+            try:
+                await anyio.to_thread.run_sync(audit.write, app.state.pipeline.gallery, entries)
+            except Exception:
+                log.exception("could not write %d audit counts", len(entries))
 
 
 def create_app_from_environment() -> FastAPI:

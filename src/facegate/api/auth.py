@@ -12,6 +12,8 @@ import logging
 import math
 import time
 
+import anyio
+
 from limits import RateLimitItem, parse_many
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
@@ -160,6 +162,7 @@ class AuthMiddleware:
         elif keys is not None and self._open(scope).allows(keys.enforcing):
             actor = f"open@{addr}"
         else:
+            await self._audit_failure(scope, addr)
             wait = await self.limits.failed_auth(addr)
             if wait is not None:  # a valid key from the same address still works
                 await self._too_many(send, wait, "too many requests with a missing or wrong API key")
@@ -180,6 +183,22 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
         finally:
             audit.current_actor.reset(token)
+
+    @staticmethod
+    async def _audit_failure(scope: Scope, addr: str) -> None:
+        """Count a missing or wrong key for the audit log (``audit.Tally``: one entry per address and minute,
+        with a count); the database is written only for a window's first one, off the event loop."""
+        state = scope["app"].state
+        tally: audit.Tally | None = getattr(state, "tally", None)
+        pipeline = getattr(state, "pipeline", None)
+        if tally is None or pipeline is None:
+            return
+        entries = tally.note(f"unauthenticated@{addr}", audit.AUTH_FAILED)
+        if entries:
+            try:
+                await anyio.to_thread.run_sync(audit.write, pipeline.gallery, entries)
+            except Exception:  # the refusal is answered whatever the log does
+                log.exception("could not write %d audit counts", len(entries))
 
     @staticmethod
     def _open(scope: Scope) -> OpenMode:

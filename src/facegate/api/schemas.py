@@ -229,7 +229,11 @@ class AuditEntryOut(BaseModel):
     id: int
     at: str = Field(..., description="UTC time, ISO 8601.")
     actor: str = Field(..., description="key:<key id>@<address>, open@<address> (no keys yet), or cli:<user>.")
-    action: str = Field(..., description="enroll, add_faces, delete, delete_face, rename, reembed, export, key_create, key_revoke.")
+    action: str = Field(
+        ...,
+        description="enroll, add_faces, delete, delete_face, rename, reembed, export, import, key_create, key_revoke; "
+        "counted (detail.count, one entry per actor and minute): crop_read, list_people, auth_failed.",
+    )
     person_id: int | None = None
     detail: dict
 

@@ -20,6 +20,7 @@ from facegate.errors import FaceNotFoundError, InvalidImageError, InvalidNameErr
 from facegate.gallery.sqlite import Person
 from facegate.vision.imageio import b64_to_bytes, decode_image
 from facegate.pipeline import Enrolment, Identification
+from facegate.security import audit
 from .deps import PipelineDep, RowId, WorkerDep
 from .schemas import (
     Box,
@@ -126,6 +127,13 @@ def _dropped(e: Enrolment) -> list[DroppedOut]:
     return [DroppedOut(**d.to_dict()) for d in e.dropped]
 
 
+def _tally(request: Request, pipeline, action: str, item: int | None = None) -> None:
+    """Count a read for the audit log (``audit.Tally``); writes only a window's first entry. In a worker thread."""
+    tally = getattr(request.app.state, "tally", None)
+    if tally is not None:
+        audit.write(pipeline.gallery, tally.note(audit.current_actor.get(), action, item))
+
+
 def _too_many(images: list) -> None:
     if len(images) > MAX_IMAGES:
         raise InvalidImageError(f"at most {MAX_IMAGES} images per request, got {len(images)}", field="images")
@@ -203,8 +211,15 @@ async def enroll(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> 
 
 
 @router.get("/people", response_model=PeopleList)
-async def list_people(pipeline: PipelineDep, worker: WorkerDep) -> PeopleList:
-    people = await worker.run(pipeline.gallery.list_people)
+async def list_people(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> PeopleList:
+    """Everyone enrolled (audited: one entry per actor and minute, with a count)."""
+
+    def work():
+        people = pipeline.gallery.list_people()
+        _tally(request, pipeline, audit.LIST_PEOPLE)
+        return people
+
+    people = await worker.run(work)
     return PeopleList(people=[_summary(p) for p in people], count=len(people))
 
 
@@ -248,9 +263,17 @@ async def add_faces(person_id: RowId, request: Request, pipeline: PipelineDep, w
 
 
 @router.get("/faces/{face_id}/crop", responses={404: {"model": ErrorBody}, 200: {"content": {"image/jpeg": {}}}})
-async def face_crop(face_id: RowId, pipeline: PipelineDep, worker: WorkerDep) -> Response:
-    """The aligned 112x112 crop stored for an enrolled face (JPEG)."""
-    data = await worker.run(pipeline.gallery.face_crop, face_id)
+async def face_crop(face_id: RowId, request: Request, pipeline: PipelineDep, worker: WorkerDep) -> Response:
+    """The aligned 112x112 crop stored for an enrolled face (JPEG). Audited: one entry per actor and
+    minute, with a count and the first face ids read."""
+
+    def work():
+        data = pipeline.gallery.face_crop(face_id)
+        if data:
+            _tally(request, pipeline, audit.CROP_READ, face_id)
+        return data
+
+    data = await worker.run(work)
     if not data:
         raise FaceNotFoundError(f"no stored crop for face {face_id}")
     return Response(content=data, media_type="image/jpeg")

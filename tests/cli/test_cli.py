@@ -237,10 +237,12 @@ def test_healthz_counts_follow_cli_writes_without_a_search(start_server, tmp_pat
         assert http.get("/healthz").json()["gallery"] == {"people": 2, "faces": 5, "search": "exact"}
 
 
-def test_identify_a_folder_recursively_to_csv_with_a_threshold(photos, data, tmp_path):
+def test_identify_a_folder_recursively_to_csv_with_a_threshold(photos, tmp_path):
     """`identify FOLDER --recursive --csv FILE --threshold T`: one row per face (and per image without one)."""
     import csv
 
+    data = tmp_path / "data"  # its own gallery: the tests above delete people from theirs
+    assert facegate("enroll", photos / "people", "--data", data).returncode == 0
     out = tmp_path / "faces.csv"
     proc = facegate("identify", photos / "people", "--recursive", "--csv", out, "--data", data)
     assert proc.returncode == 0, proc.stderr

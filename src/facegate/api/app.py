@@ -17,7 +17,7 @@ from facegate import web
 from facegate.gallery.backends import describe, keys_for
 from facegate.security import audit
 from facegate.security.exposure import HostPolicy, OpenMode
-from . import admin, auth, errors, legacy, liveness, v1
+from . import admin, auth, errors, headers, legacy, liveness, v1
 from . import people
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -69,6 +69,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         version=__version__,
         description="Self-hosted face recognition: enrol people, then identify faces in images.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is served from local files (headers.install); ReDoc has no local bundle: off
+        redoc_url=None,
     )
     metrics = Metrics()
     app.state.tally = audit.Tally()  # crop reads, listings, failed authentication: counted per actor per minute
@@ -93,6 +95,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     web.mount(app)  # the web client: pages, scripts and the MediaPipe assets
     app.include_router(admin.router)
     auth.document(app)
+    headers.install(app)  # /docs from local files; CSP, nosniff, no-referrer, no framing on every answer
     return app
 
 

@@ -1,0 +1,135 @@
+"""Browser security headers on every answer, and the API docs (Swagger UI) served from local files
+(issue 19, finding 8).
+
+Every answer (pages, static files, JSON, errors, even an unhandled error's 500) carries:
+
+- ``Content-Security-Policy``: ``default-src 'self'`` plus only what FaceGate's pages need: WebAssembly
+  (``'wasm-unsafe-eval'``), and on the two pages that run MediaPipe's BlazeFace (``/``, ``/register``)
+  ``'unsafe-eval'``, which its Emscripten glue needs (``new Function``); photos shown are ``blob:``
+  URLs and canvas snapshots ``data:`` images (as is the pages' empty icon); nothing inline, no plugin,
+  no ``<base>``, forms post only here, and ``frame-ancestors 'none'`` (no framing: clickjacking).
+- ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, and ``X-Frame-Options: DENY``
+  for browsers that predate ``frame-ancestors``.
+
+``/docs`` is Swagger UI from npm ``swagger-ui-dist`` (pinned in ``web/package.json``, installed by
+``npm ci --prefix src/facegate/web`` beside MediaPipe), served from ``/web/swagger``: nothing is loaded
+from a CDN, it works offline, and no foreign script runs on the origin whose local storage holds the
+API key. Its one inline script (FastAPI's start-up of Swagger UI) is allowed by its SHA-256 alone, on
+that page. ReDoc has no bundle in that package, so ``/redoc`` is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from facegate import web
+
+#: What FaceGate's pages need, no more (checked by tests/api/test_api_headers.py in a real Chromium).
+CSP = (
+    "default-src 'self'; "
+    "script-src 'self' 'wasm-unsafe-eval'; "
+    "img-src 'self' data: blob:; "
+    "object-src 'none'; "
+    "base-uri 'none'; "
+    "form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+#: The pages that run MediaPipe's BlazeFace: its Emscripten glue (embind's ``createNamedFunction``)
+#: builds functions with ``new Function``, which only ``'unsafe-eval'`` allows ('wasm-unsafe-eval' is not
+#: enough: those pages say "Face detection unavailable"). Only these two documents get it; every script
+#: they run still comes from this server (no inline script, no other host).
+MEDIAPIPE_PAGES = frozenset({"/", "/register"})
+CSP_MEDIAPIPE = CSP.replace("'wasm-unsafe-eval'", "'unsafe-eval'")
+HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+SWAGGER_DIR = web.HERE / "node_modules" / "swagger-ui-dist"
+SWAGGER_URL = "/web/swagger"
+SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+
+
+class SecurityHeadersMiddleware:
+    """Adds the headers to every HTTP answer; a ``Content-Security-Policy`` a route set itself is kept."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers") or [])
+                present = {name.lower() for name, _ in headers}
+                csp = CSP_MEDIAPIPE if scope["path"] in MEDIAPIPE_PAGES else CSP
+                extra = [(b"content-security-policy", csp.encode())] + HEADERS
+                headers += [(name, value) for name, value in extra if name not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def swagger_installed() -> bool:
+    return all((SWAGGER_DIR / f).is_file() for f in SWAGGER_FILES)
+
+
+def _docs_page(app: FastAPI) -> tuple[str, str]:
+    """Swagger UI's page, and its CSP: ours, with its inline start-up script allowed by hash."""
+    page = get_swagger_ui_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} - API docs",
+        swagger_js_url=f"{SWAGGER_URL}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_URL}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER_URL}/favicon-32x32.png",
+        # No validator badge: it is an image from validator.swagger.io.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+    html = page.body.decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(s.encode()).digest()).decode() + "'"
+        for s in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    )
+    csp = CSP.replace("script-src 'self'", f"script-src 'self' {hashes}")
+    return html, csp
+
+
+def install(app: FastAPI) -> None:
+    """Serve ``/docs`` from local files, and wrap the whole app (its error pages too) in the headers."""
+    if swagger_installed():
+        app.mount(SWAGGER_URL, StaticFiles(directory=SWAGGER_DIR), name="web-swagger")
+        html, csp = _docs_page(app)  # the same every time: built once
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs() -> HTMLResponse:
+            return HTMLResponse(html, headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
+
+    else:
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs_missing() -> JSONResponse:
+            return JSONResponse(
+                {
+                    "detail": "the API docs' Swagger UI is not installed: run `npm ci --prefix src/facegate/web` "
+                    "before `pip install .`; the schema itself is at /openapi.json",
+                    "code": "assets_missing",
+                },
+                status_code=404,
+            )
+
+    # Outside every middleware, ServerErrorMiddleware's 500s included: wrap the stack Starlette builds.
+    build = app.build_middleware_stack
+    app.build_middleware_stack = lambda: SecurityHeadersMiddleware(build())  # type: ignore[method-assign]

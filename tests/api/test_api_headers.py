@@ -1,0 +1,193 @@
+"""Issue 19, finding 8: browser security headers on every answer, and /docs from local files.
+
+A real `facegate serve` on loopback; the pages and Swagger UI are loaded in a real headless Chromium
+(Debian's /usr/bin/chromium, driven by Playwright, as tests/web/test_web_e2e.py does) under the
+server's Content-Security-Policy, and the console must show no CSP violation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from facegate import web
+from facegate.api import headers
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+]
+EXPECTED = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+
+
+def assert_secured(r, mediapipe_page: bool = False) -> None:
+    """The headers; 'unsafe-eval' only on the pages that run MediaPipe (its Emscripten glue calls new Function)."""
+    for name, value in EXPECTED.items():
+        assert r.headers.get(name) == value, (r.request.url, r.status_code, name, r.headers.get(name))
+    csp = r.headers.get("content-security-policy", "")
+    directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+    assert directives.get("default-src") == ["'self'"], (r.request.url, csp)
+    assert directives.get("frame-ancestors") == ["'none'"], (r.request.url, csp)
+    assert "'unsafe-inline'" not in csp and "*" not in csp and "http" not in csp, csp
+    assert ("'unsafe-eval'" in directives["script-src"]) == mediapipe_page, (r.request.url, csp)
+
+
+@pytest.fixture(scope="module")
+def enrolled(server, astronaut_payloads):
+    """The module's server (open: no key, loopback) with one person enrolled, so the gallery has crops."""
+    with server.client() as c:
+        r = c.post("/register", json=astronaut_payloads[0])
+        assert r.status_code == 200, r.text
+    return server
+
+
+def test_every_kind_of_answer_carries_the_headers(enrolled):
+    with enrolled.client() as c:
+        answers = {
+            "page": c.get("/"),
+            "register page": c.get("/register"),
+            "gallery page": c.get("/gallery"),
+            "static file": c.get("/web/static/app.css"),
+            "MediaPipe asset": c.get(f"{web.MEDIAPIPE_URL}/face_detection.js"),
+            "JSON": c.get("/healthz"),
+            "listing": c.get("/v1/people"),
+            "schema": c.get("/openapi.json"),
+            "docs": c.get("/docs"),
+            "docs asset": c.get(f"{headers.SWAGGER_URL}/swagger-ui.css"),
+            "404": c.get("/no/such/thing"),
+            "422": c.post("/v1/identify", content=b"{", headers={"Content-Type": "application/json"}),
+            "415": c.post("/v1/identify", content=b"x", headers={"Content-Type": "text/plain"}),
+            "403 foreign origin": c.post("/v1/people", json={}, headers={"Origin": "http://attacker.example"}),
+            "400 foreign host": c.get("/healthz", headers={"Host": "attacker.example"}),
+        }
+    statuses = {k: r.status_code for k, r in answers.items()}
+    assert statuses == {
+        "page": 200, "register page": 200, "gallery page": 200, "static file": 200, "MediaPipe asset": 200, "JSON": 200, "listing": 200,
+        "schema": 200, "docs": 200, "docs asset": 200, "404": 404, "422": 422, "415": 415,
+        "403 foreign origin": 403, "400 foreign host": 400,
+    }
+    for kind, r in answers.items():
+        assert_secured(r, mediapipe_page=kind in ("page", "register page"))
+
+
+def test_an_unhandled_error_500_carries_them_too():
+    app = FastAPI(docs_url=None, redoc_url=None)
+
+    @app.get("/boom")
+    async def boom():
+        raise RuntimeError("boom")
+
+    headers.install(app)
+    r = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert r.status_code == 500
+    assert_secured(r)
+
+
+def test_docs_are_local_swagger_ui_and_redoc_is_off(enrolled):
+    with enrolled.client() as c:
+        r = c.get("/docs")
+        assert r.status_code == 200 and "SwaggerUIBundle" in r.text
+        refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", r.text)
+        assert refs and all(u.startswith(headers.SWAGGER_URL + "/") for u in refs), refs
+        assert not re.search(r"https?://|//[a-z]", r.text, re.I), "an external host in /docs"
+        for u in refs:
+            assert c.get(u).status_code == 200, u
+        assert c.get("/redoc").status_code == 404
+    # Only the pinned version is used: the one package.json names, exactly.
+    import json
+
+    pinned = json.loads((web.HERE / "package.json").read_text())["dependencies"]["swagger-ui-dist"]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), pinned
+    assert json.loads((headers.SWAGGER_DIR / "package.json").read_text())["version"] == pinned
+
+
+def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    h, w = frames[0].shape[:2]
+    with open(path, "wb") as f:
+        f.write(f"YUV4MPEG2 W{w} H{h} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for frame in frames:
+            f.write(b"FRAME\n")
+            f.write(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2YUV_I420).tobytes())
+    return path
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_chromium_runs_the_pages_and_docs_under_the_csp_without_a_violation(enrolled, tmp_path, astronaut_frame):
+    from playwright.sync_api import sync_playwright
+
+    assert web.mediapipe_installed() and headers.swagger_installed(), "run `npm ci --prefix src/facegate/web`"
+    y4m = write_y4m(tmp_path / "face.y4m", [astronaut_frame] * 10)
+    console: list[str] = []
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=[*FLAGS, f"--use-file-for-fake-video-capture={y4m}"]
+        )
+        try:
+            ctx = browser.new_context(viewport={"width": 1000, "height": 900})
+            ctx.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+            ctx.on("request", lambda r: requests.append(r.url))
+            ctx.on("weberror", lambda e: errors.append(str(e.error)))
+            # Violations a script catches (MediaPipe turns a refused eval into "Face detection unavailable")
+            # never reach the console: the document's securitypolicyviolation events are kept as well.
+            ctx.add_init_script(
+                "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+                " (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));"
+            )
+            page = ctx.new_page()
+            page.set_default_timeout(90_000)
+            seen: list[str] = []
+            keep = lambda: seen.extend(page.evaluate("() => window.__csp"))  # noqa: E731
+
+            # The live page: MediaPipe (wasm, WebGL) finds the face, the server names her.
+            page.goto(enrolled.url + "/")
+            page.wait_for_function("() => facegate.ready")
+            page.wait_for_function("() => facegate.stats.predictions >= 2")
+            assert page.evaluate("() => facegate.stats.lastResult.user_name") == "Eileen Collins"
+            keep()
+            page.goto(enrolled.url + "/register")
+            page.wait_for_function("() => facegate.ready")
+            keep()
+            page.goto(enrolled.url + "/gallery")
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('.thumbs img')].filter(i => i.complete && i.naturalWidth === 112).length === 3"
+            )
+            keep()
+            # Swagger UI, from this server only, renders the API.
+            page.goto(enrolled.url + "/docs")
+            page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+            assert page.locator(".opblock").count() > 10
+            page.wait_for_timeout(500)
+            keep()
+            # A check that the check works: an inline script is refused and says so in the console.
+            page.goto(enrolled.url + "/web/static/app.css")
+            page.evaluate("() => { const s = document.createElement('script'); s.textContent = '1'; document.head.appendChild(s); }")
+            page.wait_for_timeout(300)
+            assert page.evaluate("() => window.__csp") == ["script-src-elem inline"]
+        finally:
+            browser.close()
+    violations = [m for m in console if "Content Security Policy" in m]
+    assert len(violations) == 1 and "inline" in violations[0], violations  # the deliberate one only
+    assert seen == [], seen
+    own = [u for u in requests if not u.startswith(("data:", "blob:"))]
+    assert own and all(u.startswith(enrolled.url) for u in own), [u for u in own if not u.startswith(enrolled.url)]
+    assert not errors, errors
+
+
+def test_the_package_carries_swagger_ui():
+    """`pip install .` ships the files /docs serves (pyproject's package-data for facegate.web)."""
+    import fnmatch
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["facegate.web"]
+    for name in headers.SWAGGER_FILES:
+        rel = f"node_modules/swagger-ui-dist/{name}"
+        assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel

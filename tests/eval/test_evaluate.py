@@ -101,7 +101,10 @@ def test_eval_tiny_folder_json_and_plots(tiny_folder, tmp_path):
     assert rows[("tta=none", "none")]["settings"]["model_id"].endswith("tta-none")
     for name in ("det.png", "similarity.png"):
         assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "TAR@1e-3" in proc.stderr  # the table
+    # The table fits 80 columns (an 80-column terminal cut it to '…'); nothing in it is elided.
+    table = proc.stderr[proc.stderr.index("facegate eval (rates in %"):].split("\n\n")[0]
+    assert "TAR" in table and "1e-3" in table and "tta=none" in table and "default / dark" in table, table
+    assert max(len(line) for line in table.splitlines()) <= 80 and "…" not in table, table
     # Without --edc nothing of it is written or printed.
     assert "edc" not in doc and not list(plots.glob("edc*")) and "EDC" not in proc.stderr
 
@@ -132,6 +135,13 @@ def test_eval_edc_writes_curves_per_set(tiny_folder, tmp_path):
     assert sum(ln.startswith("EDC default") for ln in out) == 2 and any(ln.startswith("gate_retry") for ln in out)
     start = out.index(next(ln for ln in out if ln.startswith("EDC default")))
     assert all(len(ln) <= 80 for ln in out[start:] if not ln.startswith("wrote"))
+
+
+def test_eval_wide_table_has_every_figure(tiny_folder, tmp_path):
+    proc = facegate("eval", str(tiny_folder), "--strangers", "0", "--no-plots", "--wide")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for col in ("TAR@1e-2", "TAR@1e-3", "TAR@1e-4", "FNIR@FPIR0.1%", "wrong@thr", "strangers in@thr"):
+        assert col in proc.stdout, col
 
 
 def test_eval_refuses_bad_input(tmp_path):

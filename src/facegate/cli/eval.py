@@ -36,8 +36,34 @@ def _pct(v: float | None, digits: int = 2) -> str:
     return "-" if v is None else f"{100 * v:.{digits}f}"
 
 
+#: The compact table's columns (fits 80 columns): (heading, figure).
+_COMPACT = (
+    ("retry", lambda r, v, i: r["retry_rate"]),
+    ("enrol\nleft out", lambda r, v, i: r["enroll_reject_rate"]),
+    ("TAR\n1e-3", lambda r, v, i: v.get("tar@far=0.001")),
+    ("EER", lambda r, v, i: v.get("eer")),
+    ("FNIR\nFPIR1%", lambda r, v, i: i["fnir@fpir=0.01"]),
+    ("named", lambda r, v, i: i["correct_rate"]),
+    ("stranger\nin", lambda r, v, i: i["stranger_accept_rate"]),
+)
+
+
+def compact_table(results: list[dict[str, Any]]) -> Table:
+    """The main figures in 80 columns: variant and set in one folded column (``--wide``: every figure)."""
+    from rich import box
+
+    t = Table(title="facegate eval (rates in %; --wide for all)", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("variant / set", overflow="fold", min_width=10)
+    for head, _ in _COMPACT:
+        t.add_column(head, justify="right", no_wrap=True)
+    for r in results:
+        v, i = r["verification"], r["identification"]
+        t.add_row(escape(f"{r['variant']} / {r['degradation']}"), *(_pct(f(r, v, i)) for _, f in _COMPACT))
+    return t
+
+
 def summary_table(results: list[dict[str, Any]]) -> Table:
-    """One row per (variant, set): the figures the README's "Accuracy" section quotes."""
+    """One row per (variant, set), every figure (``--wide``)."""
     t = Table(title="facegate eval (rates in %)")
     for col in (
         "variant",
@@ -118,6 +144,7 @@ def eval_command(
     plots: Annotated[Path, typer.Option(help="Folder for det.png and similarity.png.")] = Path("facegate-eval"),
     no_plots: Annotated[bool, typer.Option("--no-plots", help="Write no PNG.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every figure as JSON on stdout (the table goes to stderr).")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help="The table with every figure (wider than 80 columns).")] = False,
     edc: Annotated[
         bool,
         typer.Option(
@@ -166,9 +193,9 @@ def eval_command(
     curves = _edc(results, far, plots, no_plots, folder) if edc else None
     if curves is not None:
         files += curves["files"]
-    table = summary_table(results)
+    table = summary_table(results) if wide else compact_table(results)
     if as_json:
-        Console(stderr=True, width=None if console.is_terminal else 200).print(table)
+        Console(stderr=True, width=None if console.is_terminal or not wide else 200).print(table)
         if curves is not None:
             print("\n".join(curves["lines"]), file=sys.stderr)
         doc = {
@@ -184,7 +211,7 @@ def eval_command(
         print(json.dumps(doc, indent=2))
     else:
         out = Console()
-        Console(width=None if out.is_terminal else 200).print(table)
+        Console(width=None if out.is_terminal or not wide else 200).print(table)
         if curves is not None:
             print("\n".join(curves["lines"]))
         for f in files:

@@ -153,7 +153,21 @@ class Settings(BaseSettings):
         description="Host header names answered besides localhost, loopback addresses and the bind address (any IP address "
         "when bound to 0.0.0.0); comma-separated, '*' any. Others: 400 (DNS rebinding).",
     )
-    max_connections: int = Field(1024, ge=1, description="Open connections at most; beyond, 503.")
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="Open connections at most; at the cap a new one evicts the oldest still waiting for its headers "
+        "(else it is closed).",
+    )
+    max_connections_per_ip: int = Field(
+        200, ge=1, description="Open connections per client address at most; beyond, new ones are closed at once."
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="A connection that has not sent a whole request's headers this long after opening (or after its "
+        "last answer) is closed.",
+    )
     encryption_key: str | None = Field(
         None,
         repr=False,

@@ -122,12 +122,16 @@ def serve(
         f"FaceGate serving on http://{s.host}:{s.port} with {s.workers} worker process(es)"
         f"  (gallery: {escape(describe(s))}, docs: /docs)"
     )
+    from facegate.api.connections import GuardedHttpProtocol, configure, raise_open_files_limit
+
+    configure(s.header_timeout_s, s.max_connections_per_ip, s.max_connections, s.forwarded_allow_ips)
+    raise_open_files_limit(s.max_connections + 256)
     server_opts = dict(
         host=s.host,
         port=s.port,
         log_level=log_level,
         timeout_graceful_shutdown=10,
-        limit_concurrency=s.max_connections,
+        http=GuardedHttpProtocol,  # header timeout, connections per address, room kept (api/connections.py)
         proxy_headers=bool(s.forwarded_allow_ips),
         forwarded_allow_ips=s.forwarded_allow_ips or None,
     )

@@ -23,7 +23,8 @@ from facegate.security import audit
 from facegate.security.encryption import Sealer
 from facegate.errors import FaceGateError
 from .names import rekeyed
-from .sqlite import DB_NAME, INDEX_META, INDEX_NAME, Gallery, name_key
+from .common import name_key
+from .sqlite import DB_NAME, INDEX_META, INDEX_NAME, Gallery
 from .postgres import PgGallery, _audit, as_vector, is_postgres_url, redact
 
 BATCH = 1000

@@ -34,7 +34,8 @@ import numpy as np
 from facegate.security import audit
 from facegate.errors import EncryptionError, FaceNotFoundError, KeyRequestError, ModelMismatchError, PersonNotFoundError
 from .names import exists_error, rekeyed
-from .sqlite import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
+from .common import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
+from .common import now as _now
 from facegate.security.keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
 from facegate.rank import Neighbour
 
@@ -55,10 +56,6 @@ def redact(url: str) -> str:
 
 def is_postgres_url(value: str | None) -> bool:
     return bool(value) and value.split("://", 1)[0] in ("postgresql", "postgres")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @contextmanager

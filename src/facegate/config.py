@@ -81,6 +81,15 @@ class Settings(BaseSettings):
     embed_queue: int = Field(64, ge=1, description="Requests waiting for the model at most; beyond, 503.")
     max_pending: int = Field(64, ge=1, description="Requests in progress at most; beyond, 503 at once.")
     request_timeout_s: float = Field(10.0, gt=0.0, description="A request not answered by then gets 503.")
+    admission_slots: int = Field(
+        -1,
+        ge=-1,
+        description="Model requests in progress at most; the others wait in one queue per key (per address when keys "
+        "are off), served in turn, so a flooding client gets no more turns than a polite one. -1: 2 x inference_threads; 0: off.",
+    )
+    admission_queue_per_client: int = Field(
+        32, ge=1, description="Model requests of one key (or address) waiting for a turn at most; beyond, 503 at once."
+    )
     latency_budget_s: float = Field(
         0.7, gt=0.0, description="Refuse (503) a request whose queued work ahead would exceed this, at the model's pace."
     )

@@ -76,7 +76,11 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.state.tally = audit.Tally()  # crop reads, listings, failed authentication: counted per actor per minute
     app.add_middleware(PixelBudgetMiddleware, per_request=settings.max_request_pixels, per_server=settings.max_server_pixels)
     app.add_middleware(JsonBodyMiddleware)  # innermost: reads a body only after admission, size cap and keys let it in
-    app.add_middleware(AdmissionMiddleware)
+    app.add_middleware(
+        AdmissionMiddleware,
+        slots=settings.admission_slots if settings.admission_slots >= 0 else 2 * settings.inference_threads,
+        per_client=settings.admission_queue_per_client,
+    )  # turns per key (address when keys are off): inside auth, which names the key
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     limits = RateLimits(
         settings.rate_limit_per_key, settings.rate_limit_per_ip, settings.rate_limit_auth_failures, settings.rate_limit_storage

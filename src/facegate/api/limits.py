@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections import OrderedDict, deque
 
 import anyio
 import numpy as np
@@ -94,22 +96,102 @@ class BodyLimitMiddleware:
 MODEL_ROUTES = frozenset({"/predict", "/register", "/v1/identify", "/v1/verify", "/v1/people"})
 
 
+class FairGate:
+    """At most ``slots`` model requests in progress; the others wait in one queue per client, served in turn.
+
+    A client (an API key, or an address when keys are off) flooding the model routes then gets the same turns as a
+    polite one instead of the refusals' share: its extra requests wait in its own queue (at most ``per_client``,
+    beyond which they are refused at once), and each freed slot goes to the next client in round-robin order
+    (issue 19, finding 11).
+    """
+
+    def __init__(self, slots: int, per_client: int) -> None:
+        self.slots = max(1, slots)
+        self.per_client = max(1, per_client)
+        self.busy = 0
+        self.queues: OrderedDict[str, deque[asyncio.Future]] = OrderedDict()
+
+    async def acquire(self, who: str) -> bool:
+        """True once a slot is held (``release`` it); False at once when ``who``'s queue is full."""
+        if self.busy < self.slots and not self.queues:
+            self.busy += 1
+            return True
+        q = self.queues.get(who)
+        if q is not None and len(q) >= self.per_client:
+            return False
+        fut = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(who, deque()).append(fut)
+        try:
+            await fut
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted just as it was cancelled: pass the slot on
+            else:
+                q = self.queues.get(who)
+                if q is not None and fut in q:
+                    q.remove(fut)
+                    if not q:
+                        del self.queues[who]
+            raise
+        return True
+
+    def release(self) -> None:
+        while self.queues:
+            who, q = next(iter(self.queues.items()))
+            fut = q.popleft()
+            if q:
+                self.queues.move_to_end(who)  # its next request waits for the other clients' turns
+            else:
+                del self.queues[who]
+            if not fut.done():
+                fut.set_result(None)  # the slot goes to it: busy unchanged
+                return
+        self.busy -= 1
+
+
+def client_identity(scope: Scope) -> str:
+    """Whose turn a request takes: its API key, else its address."""
+    principal = scope.get("state", {}).get("principal")
+    if principal:
+        return f"key:{principal[0]}"
+    client = scope.get("client")
+    return f"addr:{client[0] if client else ''}"
+
+
 class AdmissionMiddleware:
     """Answers 503 + Retry-After before reading the body when the server is over capacity.
 
-    Refusing after parsing megabytes of base64 would spend the CPU the model needs.
+    Refusing after parsing megabytes of base64 would spend the CPU the model needs. Model requests take turns
+    per client through a ``FairGate`` (``slots`` 0: off).
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, slots: int = 0, per_client: int = 32) -> None:
         self.app = app
+        self.gate = FairGate(slots, per_client) if slots > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in MODEL_ROUTES:
-            worker = getattr(scope["app"].state, "worker", None)
-            refusal = worker.admission_error() if worker is not None else None
-            if refusal is not None:
-                await send_error(send, 503, refusal.code, refusal.message)
+            if self.gate is not None:
+                if not await self.gate.acquire(client_identity(scope)):
+                    await send_error(
+                        send, 503, "busy", f"this client already has {self.gate.per_client} requests waiting; retry shortly"
+                    )
+                    return
+                try:
+                    await self._admit(scope, receive, send)
+                finally:
+                    self.gate.release()
                 return
+            await self._admit(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+        worker = getattr(scope["app"].state, "worker", None)
+        refusal = worker.admission_error() if worker is not None else None
+        if refusal is not None:
+            await send_error(send, 503, refusal.code, refusal.message)
+            return
         await self.app(scope, receive, send)
 
 

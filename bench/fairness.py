@@ -1,0 +1,178 @@
+"""Fair share under a flood (issue 19, finding 11): one key flooding /predict against one polite key.
+
+Starts `facegate serve` (keys on, default settings) on loopback with two client keys (empty gallery), then runs
+two load processes at once for --seconds: --clients connections of the flooding key (from 127.0.0.2) that resend at
+once whatever the answer, and --clients connections of the polite key (from 127.0.0.3) that wait Retry-After on a
+503 or 429. Each /predict is one face. The model's best faces/s (the embedding model with flip TTA alone, this
+process, the better of one caller on all threads and one caller per thread, batch 1 and 4) is measured before and
+after the load, and their mean is the reference.
+
+Prints the polite key's served faces/s as a share of the model's best, both keys' together, and the polite p99
+latency. Bounded: about --seconds + 30 s.
+
+    python bench/fairness.py [--seconds 20] [--clients 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from lfw_http import start_server  # noqa: E402
+from load import _exchange, predict_body, tta_rate  # noqa: E402
+
+
+def _key(data_dir: str, role: str, name: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEGATE_")}
+    r = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "keys", "create", "--role", role, "--name", name, "--data", data_dir],
+        capture_output=True, text=True, env=env, timeout=120, check=True,
+    )
+    return r.stdout.strip()
+
+
+def _client_process(url: str, body: dict, key: str, source: str, polite: bool, clients: int, seconds: float, out) -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    payload = json.dumps(body).encode()
+    request = (
+        f"POST /predict HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+    async def main() -> dict:
+        lat: list[float] = []
+        codes: dict[int, int] = {}
+        errors = 0
+        stop = time.perf_counter() + seconds
+
+        async def one() -> None:
+            nonlocal errors
+            conn = None
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                try:
+                    if conn is None:
+                        conn = await asyncio.open_connection(u.hostname, u.port, local_addr=(source, 0))
+                    status, headers = await asyncio.wait_for(_exchange(*conn, request), 30)
+                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
+                    errors += 1
+                    if conn is not None:
+                        conn[1].close()
+                    conn = None
+                    await asyncio.sleep(0.01)
+                    continue
+                codes[status] = codes.get(status, 0) + 1
+                if headers.get(b"connection") == b"close":
+                    conn[1].close()
+                    conn = None
+                if status == 200:
+                    lat.append(time.perf_counter() - t0)
+                elif polite and status in (429, 503):
+                    await asyncio.sleep(float(headers.get(b"retry-after", b"1")))
+            if conn is not None:
+                conn[1].close()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return {"latencies": lat, "codes": codes, "errors": errors, "wall": time.perf_counter() - t0}
+
+    out.put(asyncio.run(main()))
+
+
+def model_best(tta, lane, threads: int, seconds: float = 1.5) -> float:
+    rates = []
+    for n in (1, 4):
+        rates.append(tta_rate(tta, n, seconds)["requests_per_s"])
+        rates.append(tta_rate(lane, n, seconds, callers=threads)["requests_per_s"])
+    return max(rates)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--clients", type=int, default=16, help="connections of each key")
+    ap.add_argument("--serve-args", default="", help="extra `facegate serve` flags")
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+
+    from facegate.config import Settings
+    from facegate.vision.embed import FlipTTA, load_embedder
+
+    threads = Settings().inference_threads
+    tta = FlipTTA(load_embedder("sface", threads=threads), "sum")
+    lane = FlipTTA(load_embedder("sface", threads=1), "sum")
+    body = predict_body()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = str(Path(tmp) / "data")
+        Path(data).mkdir()
+        _key(data, "admin", "ops")
+        flood_key, polite_key = _key(data, "client", "flood"), _key(data, "client", "polite")
+        proc, url = start_server(data, args.serve_args.split())
+        try:
+            import httpx
+
+            # The gallery stays empty: /predict embeds and searches all the same (and answers 'unknown').
+            with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {polite_key}"}) as c:
+                for _ in range(3):
+                    assert c.post("/predict", json=body).status_code == 200  # warm
+            best_before = model_best(tta, lane, threads)
+            ctx = mp.get_context("spawn")
+            qf, qp = ctx.Queue(), ctx.Queue()
+            pf = ctx.Process(target=_client_process, args=(url, body, flood_key, "127.0.0.2", False, args.clients, args.seconds, qf))
+            pp = ctx.Process(target=_client_process, args=(url, body, polite_key, "127.0.0.3", True, args.clients, args.seconds, qp))
+            pf.start()
+            pp.start()
+            flood, polite = qf.get(timeout=args.seconds + 60), qp.get(timeout=args.seconds + 60)
+            pf.join(10)
+            pp.join(10)
+            best_after = model_best(tta, lane, threads)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    best = (best_before + best_after) / 2
+    polite_rate = len(polite["latencies"]) / polite["wall"]
+    flood_rate = len(flood["latencies"]) / flood["wall"]
+    lat = np.array(polite["latencies"]) if polite["latencies"] else np.array([float("nan")])
+    result = {
+        "model_best_faces_per_s": round(best, 2),
+        "model_best_before_after": [round(best_before, 2), round(best_after, 2)],
+        "polite_faces_per_s": round(polite_rate, 2),
+        "flood_faces_per_s": round(flood_rate, 2),
+        "polite_share": round(polite_rate / best, 3),
+        "total_share": round((polite_rate + flood_rate) / best, 3),
+        "polite_p50_ms": round(float(np.percentile(lat, 50)) * 1000, 1),
+        "polite_p99_ms": round(float(np.percentile(lat, 99)) * 1000, 1),
+        "polite_codes": polite["codes"],
+        "flood_codes": flood["codes"],
+        "errors": {"polite": polite["errors"], "flood": flood["errors"]},
+        "seconds": args.seconds,
+        "clients_per_key": args.clients,
+    }
+    print(
+        f"model best {best:.1f} faces/s | polite {polite_rate:.1f}/s = {100 * result['polite_share']:.0f} % | "
+        f"flood {flood_rate:.1f}/s | total {100 * result['total_share']:.0f} % | polite p99 {result['polite_p99_ms']:.0f} ms"
+    )
+    print(json.dumps(result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

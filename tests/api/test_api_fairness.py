@@ -66,3 +66,52 @@ def test_turns_are_per_key_else_per_address():
     assert client_identity({"state": {"principal": ("k1", "client")}, "client": ("10.0.0.1", 5)}) == "key:k1"
     assert client_identity({"client": ("10.0.0.1", 5)}) == "addr:10.0.0.1"
     assert AdmissionMiddleware(lambda *a: None, slots=0).gate is None  # 0: off
+
+
+def test_a_slow_upload_holds_no_model_slot():
+    """The turn is taken once the body is in: one slot, a body that never ends, another request still served."""
+    from types import SimpleNamespace
+
+    served: list[str] = []
+
+    async def app(scope, receive, send) -> None:
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        served.append(body.decode())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    gate = AdmissionMiddleware(app, slots=1, per_client=4)
+    owner = SimpleNamespace(state=SimpleNamespace())
+
+    def scope(addr: str) -> dict:
+        return {"type": "http", "method": "POST", "path": "/predict", "client": (addr, 1), "app": owner}
+
+    async def run() -> None:
+        never = asyncio.Event()
+
+        async def slow_receive():
+            if not hasattr(slow_receive, "sent"):
+                slow_receive.sent = True
+                return {"type": "http.request", "body": b"part", "more_body": True}
+            await never.wait()
+
+        quick = iter([{"type": "http.request", "body": b"whole", "more_body": False}])
+
+        async def quick_receive():
+            return next(quick)
+
+        async def send(msg) -> None:
+            pass
+
+        slow = asyncio.create_task(gate(scope("10.0.0.1"), slow_receive, send))
+        await asyncio.sleep(0.01)
+        await asyncio.wait_for(gate(scope("10.0.0.2"), quick_receive, send), 1)
+        assert served == ["whole"] and gate.gate.busy == 0
+        slow.cancel()
+
+    asyncio.run(run())

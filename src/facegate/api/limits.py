@@ -111,6 +111,10 @@ class FairGate:
         self.busy = 0
         self.queues: OrderedDict[str, deque[asyncio.Future]] = OrderedDict()
 
+    def full(self, who: str) -> bool:
+        q = self.queues.get(who)
+        return q is not None and len(q) >= self.per_client
+
     async def acquire(self, who: str) -> bool:
         """True once a slot is held (``release`` it); False at once when ``who``'s queue is full."""
         if self.busy < self.slots and not self.queues:
@@ -162,7 +166,8 @@ class AdmissionMiddleware:
     """Answers 503 + Retry-After before reading the body when the server is over capacity.
 
     Refusing after parsing megabytes of base64 would spend the CPU the model needs. Model requests take turns
-    per client through a ``FairGate`` (``slots`` 0: off).
+    per client through a ``FairGate`` (``slots`` 0: off), once their body is received (a slow upload holds no
+    slot); a client whose queue is full is refused before its body is read.
     """
 
     def __init__(self, app: ASGIApp, slots: int = 0, per_client: int = 32) -> None:
@@ -172,13 +177,31 @@ class AdmissionMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in MODEL_ROUTES:
             if self.gate is not None:
-                if not await self.gate.acquire(client_identity(scope)):
-                    await send_error(
-                        send, 503, "busy", f"this client already has {self.gate.per_client} requests waiting; retry shortly"
-                    )
+                who = client_identity(scope)
+                full = f"this client already has {self.gate.per_client} requests waiting; retry shortly"
+                if self.gate.full(who):  # before the body is read
+                    await send_error(send, 503, "busy", full)
                     return
+                # The body is received before the turn is taken: a slow upload must not hold a model slot
+                # (4 slow bodies would stall every client). Its time is bounded by TimeoutMiddleware (408).
+                messages: list[Message] = []
+                while True:
+                    msg = await receive()
+                    messages.append(msg)
+                    if msg["type"] != "http.request" or not msg.get("more_body", False):
+                        break
+                if messages[-1]["type"] == "http.disconnect":
+                    return
+                if not await self.gate.acquire(who):
+                    await send_error(send, 503, "busy", full)
+                    return
+                buffered = iter(messages)
+
+                async def replay() -> Message:
+                    return next(buffered, None) or await receive()
+
                 try:
-                    await self._admit(scope, receive, send)
+                    await self._admit(scope, replay, send)
                 finally:
                     self.gate.release()
                 return

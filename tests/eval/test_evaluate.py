@@ -177,10 +177,10 @@ def test_eval_lfw_dev_default_pipeline(lfw_dir, tmp_path):
     r = json.loads(proc.stdout)["results"][0]
     v, i = r["verification"], r["identification"]
     assert r["photos"] == 720 and r["no_face_rate"] <= 0.005  # the issue's target
-    # Measured (README, "Accuracy"): retry 2.2%, enrolment rejects 4.0%, TAR@1e-3 99.68%, TAR@1e-4 98.68%,
-    # EER 0.20%, rank-1 100%, FNIR@FPIR=1% 1.75% (retries count as misses) / 0% (answered probes).
-    # The floors sit a little under: a regression guard, not a tuned pass.
-    assert r["retry_rate"] <= 0.04 and r["enroll_reject_rate"] <= 0.07
+    # Measured (docs/accuracy.md): retry 0.28 %, enrolment photos left out 0.28 % (issue 18's targets: <= 0.3 %),
+    # TAR@1e-3 99.24 %, EER 0.31 %, FNIR@FPIR=1% 0.43 % (retries count as misses) / 0.43 % (answered probes).
+    # The limits sit a little away (one photo is 0.14 %): a regression guard, not a tuned pass.
+    assert r["retry_rate"] <= 0.006 and r["enroll_reject_rate"] <= 0.006
     assert v["genuine_pairs"] > 1800 and v["impostor_pairs"] > 230_000
     assert v["tar@far=0.001"] >= 0.99
     assert v["tar@far=0.0001"] >= 0.97

@@ -42,6 +42,7 @@ from .model_import import (
     _sha256_file,
     _torch,
     _write_atomic,
+    state_mismatch,
 )
 
 ARCHS = ("minifasnet-v2", "minifasnet-v1se")
@@ -127,21 +128,8 @@ def load_network(path: str | os.PathLike, arch: str):
     state = _state(_load_checkpoint(path), path)
     model = build(arch)
     expected = model.state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    unexpected = sorted(state.keys() - expected.keys())
-    misshapen = sorted(
-        f"{k} (expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)})"
-        for k in expected.keys() & state.keys()
-        if tuple(expected[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or misshapen:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s): {_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected key(s): {_list(unexpected)}")
-        if misshapen:
-            parts.append(f"misshapen key(s): {_list(misshapen, 4)}")
+    parts = state_mismatch(expected, state)
+    if parts:
         guess = _guess(state)
         hint = f"; it looks like a {guess} checkpoint" if guess and guess != arch else ""
         raise ModelImportError(f"{path.name} does not match {arch}: " + "; ".join(parts) + hint)

@@ -180,6 +180,26 @@ def _guess_arch(keys: set[str]) -> str | None:
     return _BODY_BLOCKS.get(len(blocks))
 
 
+def state_mismatch(expected: dict, state: dict, may_lack=lambda key: False) -> list[str]:
+    """How a checkpoint's state dict differs from a network's (missing, unexpected, misshapen keys), in
+    words for the error; empty when it loads strictly. ``may_lack``: keys the checkpoint may leave out."""
+    missing = sorted(k for k in expected.keys() - state.keys() if not may_lack(k))
+    unexpected = sorted(state.keys() - expected.keys())
+    misshapen = sorted(
+        f"{k} (expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)})"
+        for k in expected.keys() & state.keys()
+        if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
+    parts = []
+    if missing:
+        parts.append(f"missing key(s): {_list(missing)}")
+    if unexpected:
+        parts.append(f"unexpected key(s): {_list(unexpected)}")
+    if misshapen:
+        parts.append(f"misshapen key(s): {_list(misshapen, 4)}")
+    return parts
+
+
 def _list(items: list[str], limit: int = 8) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
@@ -210,21 +230,8 @@ def load_backbone(ckpt_path: str | os.PathLike, arch: str):
     model = build_backbone(arch)
     expected = model.state_dict()
     # Checkpoints from before BatchNorm counted its batches lack these buffers; PyTorch fills them.
-    missing = sorted(k for k in expected.keys() - state.keys() if not k.endswith(".num_batches_tracked"))
-    unexpected = sorted(state.keys() - expected.keys())
-    misshapen = sorted(
-        f"{k} (expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)})"
-        for k in expected.keys() & state.keys()
-        if tuple(expected[k].shape) != tuple(state[k].shape)
-    )
-    if missing or unexpected or misshapen:
-        parts = []
-        if missing:
-            parts.append(f"missing key(s): {_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected key(s): {_list(unexpected)}")
-        if misshapen:
-            parts.append(f"misshapen key(s): {_list(misshapen, 4)}")
+    parts = state_mismatch(expected, state, may_lack=lambda k: k.endswith(".num_batches_tracked"))
+    if parts:
         guess = _guess_arch(set(state))
         hint = f"; it looks like an {guess} checkpoint" if guess and guess != arch else ""
         raise ModelImportError(f"{path.name} does not match {arch}: " + "; ".join(parts) + hint)

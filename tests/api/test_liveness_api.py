@@ -158,4 +158,5 @@ def test_passive_identify_never_names_a_spoof(plain, passive):
             assert p["liveness"]["live"] is False
         (live,) = c.post("/v1/identify", files={"image": ("T1.jpg", photo("image_T1.jpg"), "image/jpeg")}).json()["faces"]
         assert live["liveness"]["live"] is True and live["liveness"]["score"] > 0.9
-        assert live["status"] != "spoof" and live["name"] is None  # not the person enrolled
+        # Left to recognition: the live sample is most likely the tablet's person (their faces' cosine 0.60).
+        assert live["status"] in ("recognized", "unknown"), live

@@ -22,7 +22,6 @@ compressed photos of real people look like prints to it (README, "Liveness").
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,8 @@ import cv2
 import numpy as np
 
 from facegate.errors import ModelUnavailableError
+
+from .embed import imported_models
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +187,7 @@ class PassiveLiveness:
 
 def liveness_cards(models_dir: Path | None) -> dict[str, dict]:
     """Cards of the liveness models imported into ``models_dir`` (``task`` "liveness"), by name."""
-    out: dict[str, dict] = {}
-    if models_dir is None or not Path(models_dir).is_dir():
-        return out
-    for card_path in sorted(Path(models_dir).glob("*.json")):
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if isinstance(card, dict) and card.get("task") == TASK and card_path.with_suffix(".onnx").is_file():
-            out[card_path.stem] = card
-    return out
+    return {name: card for name, card in imported_models(models_dir).items() if card.get("task") == TASK}
 
 
 def load_liveness(models_dir: Path | None, *, threads: int = 1, required: bool = True) -> PassiveLiveness | None:

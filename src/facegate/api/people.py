@@ -12,20 +12,18 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from fastapi import APIRouter, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from facegate.errors import InvalidNameError, PersonExistsError
 from .deps import PipelineDep, RowId, WorkerDep
 from .errors import error_response
 from .limits import is_json
 from .schemas import ErrorBody, PersonOut, PersonSummary
-from .v1 import _person_out, _summary
+from .v1 import _person_out, _summary, json_body
 
 router = APIRouter(prefix="/v1", tags=["v1"])
 ERRORS = {code: {"model": ErrorBody} for code in (404, 409, 415, 422)}
@@ -52,15 +50,7 @@ async def _json_body(request: Request, model: type[BaseModel]) -> BaseModel | JS
     if not is_json(ctype):
         shown = ctype.split(";", 1)[0].strip()[:80] or "none"
         return error_response(415, "unsupported_media_type", f"{request.url.path} takes application/json (Content-Type), not {shown}")
-    try:
-        raw = await request.body()
-        data = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]) from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_input=False)) from None
+    return await json_body(request, model)
 
 
 @router.patch(

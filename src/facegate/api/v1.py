@@ -67,6 +67,19 @@ _FILE = {"type": "string", "format": "binary"}
 _FILES = {"type": "array", "items": _FILE}
 
 
+async def json_body(request: Request, model: type[BaseModel]) -> BaseModel:
+    """The JSON body validated as ``model``; bad JSON or fields are a 422 that never echoes the input."""
+    try:
+        raw = await request.body()
+        data = json.loads(raw) if raw else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_input=False)) from None
+
+
 async def _read(request: Request, model: type[BaseModel], file_fields: tuple[str, ...]) -> tuple[dict, list[tuple[str, bytes]]]:
     """Parse either body kind into (text fields, [(field label, image bytes)])."""
     ctype = request.headers.get("content-type", "")
@@ -93,15 +106,7 @@ async def _read(request: Request, model: type[BaseModel], file_fields: tuple[str
         if missing:
             raise RequestValidationError([{"loc": ("body", m), "msg": "Field required (a file upload)", "type": "missing"} for m in missing])
         return texts, images
-    try:
-        raw = await request.body()
-        data = json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestValidationError([{"loc": ("body",), "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]) from None
-    try:
-        obj = model.model_validate(data)
-    except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_input=False)) from None
+    obj = await json_body(request, model)
     images = []
     for f in file_fields:
         val = getattr(obj, f)

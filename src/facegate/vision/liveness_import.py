@@ -42,6 +42,7 @@ from .model_import import (
     _sha256_file,
     _torch,
     _write_atomic,
+    checkpoint_file,
     state_mismatch,
 )
 
@@ -121,11 +122,7 @@ def load_network(path: str | os.PathLike, arch: str):
     from .minifasnet import build
 
     path = Path(path)
-    if not path.is_file():
-        raise ModelImportError(f"no checkpoint file at {path}")
-    if path.stat().st_size == 0:
-        raise ModelImportError(f"{path.name} is empty: not a PyTorch checkpoint")
-    state = _state(_load_checkpoint(path), path)
+    state = _state(_load_checkpoint(checkpoint_file(path)), path)
     model = build(arch)
     expected = model.state_dict()
     parts = state_mismatch(expected, state)

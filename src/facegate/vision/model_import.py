@@ -180,6 +180,15 @@ def _guess_arch(keys: set[str]) -> str | None:
     return _BODY_BLOCKS.get(len(blocks))
 
 
+def checkpoint_file(path: Path) -> Path:
+    """``path``, refused with a clear error when it is no file or an empty one."""
+    if not path.is_file():
+        raise ModelImportError(f"no checkpoint file at {path}")
+    if path.stat().st_size == 0:
+        raise ModelImportError(f"{path.name} is empty: not a PyTorch checkpoint")
+    return path
+
+
 def state_mismatch(expected: dict, state: dict, may_lack=lambda key: False) -> list[str]:
     """How a checkpoint's state dict differs from a network's (missing, unexpected, misshapen keys), in
     words for the error; empty when it loads strictly. ``may_lack``: keys the checkpoint may leave out."""
@@ -221,11 +230,7 @@ def load_backbone(ckpt_path: str | os.PathLike, arch: str):
     from .iresnet import build_backbone
 
     path = Path(ckpt_path)
-    if not path.is_file():
-        raise ModelImportError(f"no checkpoint file at {path}")
-    if path.stat().st_size == 0:
-        raise ModelImportError(f"{path.name} is empty: not a PyTorch checkpoint")
-    state = _backbone_state(_load_checkpoint(path), path)
+    state = _backbone_state(_load_checkpoint(checkpoint_file(path)), path)
 
     model = build_backbone(arch)
     expected = model.state_dict()

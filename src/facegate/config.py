@@ -145,9 +145,6 @@ class Settings(BaseSettings):
     )
 
     # Trust (README, "Security").
-    allow_no_auth: bool = Field(
-        False, description="Serve on a non-loopback interface although no API key exists (anyone reaching it gets admin)."
-    )
     rate_limit_per_key: str = Field("100/second", description="Requests per API key (limits syntax, e.g. '10/second;300/minute'; '' off).")
     rate_limit_per_ip: str = Field("100/second", description="Requests per client address, keyed or not ('' off).")
     rate_limit_auth_failures: str = Field("30/minute", description="Requests with a missing or wrong key per address ('' off).")

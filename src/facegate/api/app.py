@@ -44,9 +44,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             p.batcher.on_batch = worker.observe_batch
         g = p.gallery
         # Open (no key needed) is decided here, once: never after a key existed, never beyond loopback.
-        app.state.open_mode = OpenMode.decide(
-            keys_exist=app.state.keys.enforcing(), host=settings.host, allow_no_auth=settings.allow_no_auth
-        )
+        app.state.open_mode = OpenMode.decide(keys_exist=app.state.keys.enforcing(), host=settings.host)
         log.info(
             "FaceGate %s ready: model %s, threshold %.3f, tta %s, detector %s, gallery %s (%d people, %d faces)",
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,

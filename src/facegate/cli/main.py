@@ -80,9 +80,6 @@ def serve(
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Server processes sharing the gallery (default 1).")] = None,
-    allow_no_auth: Annotated[
-        Optional[bool], typer.Option("--allow-no-auth", help="Serve on a public interface although no API key exists.")
-    ] = None,
     tunnel: Annotated[Optional[str], typer.Option(help="Expose through a tunnel: ngrok (needs pyngrok and API keys).")] = None,
     gallery: Annotated[
         Optional[str], typer.Option(help="postgresql://... to keep the gallery in PostgreSQL + pgvector (shared by many servers).")
@@ -107,7 +104,6 @@ def serve(
         tta=tta,
         threshold=threshold,
         workers=workers,
-        allow_no_auth=allow_no_auth,
         gallery=gallery,
         liveness=liveness,
     )

@@ -46,15 +46,11 @@ def check_exposure(settings: Settings, tunnel: str | None) -> None:
         console.print(f"[red]error:[/red] refusing to open a {escape(tunnel)} tunnel without API keys: "
                       "create one first with `facegate keys create --role admin`")
         raise typer.Exit(2)
-    if not is_loopback(settings.host):
-        if settings.allow_no_auth:
-            console.print(f"[yellow]warning:[/yellow] serving on {escape(settings.host)} with NO API key: "
-                          "anyone who reaches it can enrol, delete and read the gallery")
-            return
+    if not is_loopback(settings.host):  # no flag opens a network interface without a key (issue 19, finding 1)
         console.print(
             f"[red]error:[/red] refusing to serve on {escape(settings.host)} without API keys: anyone reaching it could "
             "enrol, delete and read faces. Create keys (`facegate keys create --role admin`, "
-            "`facegate keys create --role client`), or bind to 127.0.0.1, or pass --allow-no-auth to accept the risk"
+            "`facegate keys create --role client`), or bind to 127.0.0.1"
         )
         raise typer.Exit(2)
     console.print("no API keys yet: serving to this machine only (127.0.0.1), every route open; "

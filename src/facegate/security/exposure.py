@@ -1,9 +1,10 @@
 """Who can reach a server, when it may serve without API keys, and which Host and Origin it answers.
 
 "Open" (every route served without a key) is decided once, when a server starts: only when no
-active key exists and it is bound to loopback (or the operator passed ``--allow-no-auth``). From
-then on it only ever closes: the first key created turns keys on for good, and revoking the last key
-leaves the server closed (every protected route answers 401) rather than open to whoever reaches it.
+active key exists and it is bound to loopback. Nothing opens a network interface without a key (the
+former ``--allow-no-auth`` is gone). From then on it only ever closes: the first key created turns
+keys on for good, and revoking the last key leaves the server closed (every protected route answers
+401) rather than open to whoever reaches it.
 """
 
 from __future__ import annotations
@@ -45,16 +46,13 @@ class OpenMode:
         self._warned_no_key = False
 
     @classmethod
-    def decide(cls, *, keys_exist: bool, host: str, allow_no_auth: bool) -> "OpenMode":
-        """Open only without keys and only where no one else can connect (or the operator accepted the risk)."""
+    def decide(cls, *, keys_exist: bool, host: str) -> "OpenMode":
+        """Open only without keys and only where no one else can connect."""
         if keys_exist:
             return cls(False)
         if is_loopback(host):
             log.warning("no API key exists: serving every route without one, to this machine only (%s); "
                         "the first key created (facegate keys create --role admin) turns keys on for good", host)
-            return cls(True)
-        if allow_no_auth:
-            log.warning("no API key exists and --allow-no-auth was given: every route is open to whoever reaches %s", host)
             return cls(True)
         log.warning("no API key exists and %s is not loopback: every protected route answers 401 "
                     "until a key is created (facegate keys create --role admin)", host)

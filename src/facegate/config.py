@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 TTAMode = Literal["none", "concat", "sum", "normsum"]
@@ -21,6 +21,24 @@ FallbackDetector = Literal["yunet", "none"]
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "facegate"
+
+
+class CameraConfig(BaseModel):
+    """One camera the server watches (``[[cameras]]`` in the settings file, or ``serve --camera NAME=URL``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name: in events, the API and MQTT topics.")
+    url: str = Field(
+        min_length=1,
+        repr=False,  # may hold a password; answers and logs show it masked
+        description="rtsp://user:pass@host/path, http(s):// MJPEG, a V4L2 device (/dev/video0) or a video file (played once, at its own rate).",
+    )
+    fps: float = Field(5.0, gt=0.0, le=30.0, description="Frames analysed per second (the newest frame each time; never behind live).")
+    identify: int = Field(3, ge=1, le=20, description="Identifications per track before it is decided (it is decided at its end if that comes first).")
+    track_lost_s: float = Field(1.0, gt=0.0, le=30.0, description="A track not seen for this long has ended.")
+    reconnect_max_s: float = Field(30.0, ge=0.5, le=600.0, description="Longest wait between reconnection attempts (backoff doubles from 0.5 s).")
+    format: str | None = Field(None, description="FFmpeg input format when it cannot be guessed (e.g. 'mpjpeg', 'v4l2').")
 
 
 class Settings(BaseSettings):
@@ -188,6 +206,20 @@ class Settings(BaseSettings):
     )
     pg_ef_search: int = Field(200, ge=1, le=1000, description="pgvector hnsw.ef_search: candidates per HNSW query (bench/pg_search.py: recall@5 0.993 at 100k).")
     pg_pool_size: int = Field(10, ge=2, le=200, description="Database connections per server process at most.")
+    # ---- cameras (issue 21, docs/cameras.md)
+    cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras watched by the server ([[cameras]] tables; `serve --camera NAME=URL`).")
+    camera_claim_s: float = Field(
+        2.0, gt=0.0, le=60.0, description="How often a server tries to take a camera nobody watches (PostgreSQL gallery: one server per camera)."
+    )
+
+    @field_validator("cameras")
+    @classmethod
+    def _camera_names(cls, v: list[CameraConfig]) -> list[CameraConfig]:
+        names = [c.name for c in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"camera names must be unique: {', '.join(twice)}")
+        return v
 
     @field_validator("gallery")
     @classmethod

@@ -100,3 +100,13 @@ class EncryptionError(FaceGateError):
     """The gallery's encryption key is missing, wrong or malformed."""
 
     code = "encryption"
+
+
+class CameraNotFoundError(FaceGateError):
+    code = "camera_not_found"
+
+
+class NoFrameError(FaceGateError):
+    """A camera has no frame to show yet (not connected, or watched by another server)."""
+
+    code = "no_frame"

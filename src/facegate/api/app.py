@@ -18,6 +18,8 @@ from facegate.gallery.backends import describe, keys_for
 from facegate.security import audit
 from facegate.security.exposure import HostPolicy, OpenMode
 from . import admin, auth, errors, headers, legacy, liveness, v1
+from . import cameras
+from facegate.cameras.manager import CameraManager, LogSink
 from . import people
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
@@ -50,9 +52,14 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,
         )
         flusher = asyncio.create_task(_flush_tallies(app))
+        # Cameras (docs/cameras.md): events go to the event store when there is one (app.state.events), else the log.
+        app.state.cameras = CameraManager(
+            settings, p, lambda: getattr(app.state, "events", None) or LogSink(), lambda: worker.pending >= worker.max_pending // 2
+        ).start()
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(app.state.cameras.stop)
             flusher.cancel()
             try:
                 await anyio.to_thread.run_sync(audit.write, g, app.state.tally.drain())  # counts not yet written
@@ -93,6 +100,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(people.router)  # PATCH /v1/people/{id}, DELETE /v1/faces/{id}
     app.include_router(liveness.router)
+    app.include_router(cameras.router)  # GET /v1/cameras, /v1/cameras/{name}/snapshot
     app.include_router(v1.health_router)
     web.mount(app)  # the web client: pages, scripts and the MediaPipe assets
     app.include_router(admin.router)

@@ -28,6 +28,8 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.ReembedError: 409,
     e.BusyError: 503,
     e.DeadlineError: 503,
+    e.CameraNotFoundError: 404,
+    e.NoFrameError: 503,
 }
 
 

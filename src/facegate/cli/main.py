@@ -88,6 +88,10 @@ def serve(
     liveness: Annotated[
         Optional[str], typer.Option(help="off, or passive: check every identified face with the imported liveness models.")
     ] = None,
+    camera: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Watch a camera: NAME=URL (rtsp://, http(s):// MJPEG, /dev/videoN or a video file); repeatable. Replaces the settings file's [[cameras]]."),
+    ] = None,
 ) -> None:
     """Run the HTTP server (the reference /register and /predict, and /v1)."""
     import uvicorn
@@ -106,6 +110,7 @@ def serve(
         workers=workers,
         gallery=gallery,
         liveness=liveness,
+        cameras=_cameras(camera),
     )
     if tunnel not in (None, "ngrok"):
         console.print(f"[red]error:[/red] unknown tunnel {escape(tunnel)!r}; the one supported is ngrok")
@@ -147,6 +152,20 @@ def serve(
         workers=s.workers,
         **server_opts,
     )
+
+
+def _cameras(given: list[str] | None) -> list[dict] | None:
+    """``--camera NAME=URL`` flags as ``[[cameras]]`` entries (None: keep the settings file's)."""
+    if not given:
+        return None
+    out = []
+    for item in given:
+        name, eq, url = item.partition("=")
+        if not eq or not name.strip() or not url.strip():
+            console.print(f"[red]error:[/red] --camera wants NAME=URL, not {escape(item)!r}")
+            raise typer.Exit(2)
+        out.append({"name": name.strip(), "url": url.strip()})
+    return out
 
 
 def _open_tunnel(port: int) -> None:

@@ -1,0 +1,69 @@
+"""A video file as a camera, watched by a real `facegate serve`: one event per person passing.
+
+The person is enrolled through the server's /register; the server is then started again with
+``--camera door=VIDEO`` (a file plays once, at its own rate, from the server's start).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from conftest import ServerProcess
+from camkit import PERSON, door_video, enrol, events_of, ffmpeg, wait_for  # noqa: F401  (fixtures)
+
+
+def test_file_camera_gives_one_event_per_person(tmp_path, lfw_dir, door_video):
+    data = tmp_path / "data"
+    first = ServerProcess(data).start()
+    try:
+        with first.client() as c:
+            person_id = enrol(c, lfw_dir)
+            st = camera_list = c.get("/v1/cameras").json()
+            assert camera_list == {"cameras": []}
+    finally:
+        first.stop()
+
+    server = ServerProcess(data, "--camera", f"door={door_video}").start()
+    try:
+        with server.client() as c:
+            st = wait_for(c, "door", lambda s: s["state"] == "ended" and s["tracks_now"] == 0, 60, "the video played to its end")
+            events = events_of(st)
+            assert [e["status"] for e in events] == ["recognized", "unknown"], events
+            known, stranger = events
+            assert known["name"] == PERSON.replace("_", " ") and known["person_id"] == person_id
+            assert known["similarity"] >= 0.3 and known["identified"] >= 1 and known["frames"] >= 3
+            assert stranger["person_id"] is None and stranger["name"] is None
+            assert known["track_id"] != stranger["track_id"]
+            # the person showed at 1 s and left at 4 s; decided while there (its identifications) or as it left
+            assert known["started_at"] < stranger["started_at"]
+            assert all(e["has_crop"] for e in events)
+            assert st["events"] == 2 and st["tracks"] >= 2 and st["frames"] >= 20
+            assert st["kind"] == "file" and st["url"] == str(door_video) and st["last_error"] is None
+            # the newest frame as JPEG
+            snap = c.get("/v1/cameras/door/snapshot")
+            assert snap.status_code == 200 and snap.headers["content-type"] == "image/jpeg" and snap.content[:2] == b"\xff\xd8"
+            # unknown camera: a 404 with a JSON body
+            r = c.get("/v1/cameras/nope/snapshot")
+            assert r.status_code == 404 and r.json()["code"] == "camera_not_found"
+            # the event store has them too, when it exists (the events half of issue 21)
+            r = c.get("/v1/events", params={"camera": "door"})
+            if r.status_code == 200:
+                stored = r.json()
+                rows = stored.get("events", stored)
+                assert sorted(e["status"] for e in rows) == ["recognized", "unknown"]
+    finally:
+        server.stop()
+    log = server.read_log()
+    assert "track" in log and "recognized" in log
+
+
+def test_camera_flag_needs_name_equals_url(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "serve", "--data", str(tmp_path), "--camera", "no-equals-sign"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "NAME=URL" in proc.stdout + proc.stderr
+    _ = httpx  # the module's other test talks HTTP

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import StrictInt  # access rules: a person id is an int, a name a str
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 TTAMode = Literal["none", "concat", "sum", "normsum"]
@@ -39,6 +40,24 @@ class CameraConfig(BaseModel):
     track_lost_s: float = Field(1.0, gt=0.0, le=30.0, description="A track not seen for this long has ended.")
     reconnect_max_s: float = Field(30.0, ge=0.5, le=600.0, description="Longest wait between reconnection attempts (backoff doubles from 0.5 s).")
     format: str | None = Field(None, description="FFmpeg input format when it cannot be guessed (e.g. 'mpjpeg', 'v4l2').")
+
+
+class AccessRule(BaseModel):
+    """Who may pass one camera's door, and when (server's local time); see docs/events.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[StrictInt | str] = Field(default_factory=list, description="Names (any case) or person ids.")
+    windows: list[str] = Field(default_factory=list, description="Weekly windows, e.g. 'mon-fri 07:00-19:00'; none: always.")
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[str]) -> list[str]:
+        from facegate.events.access import parse_window
+
+        for w in v:
+            parse_window(w)
+        return v
 
 
 class Settings(BaseSettings):
@@ -206,6 +225,47 @@ class Settings(BaseSettings):
     )
     pg_ef_search: int = Field(200, ge=1, le=1000, description="pgvector hnsw.ef_search: candidates per HNSW query (bench/pg_search.py: recall@5 0.993 at 100k).")
     pg_pool_size: int = Field(10, ge=2, le=200, description="Database connections per server process at most.")
+
+    # ---- events, webhooks, MQTT and door access rules (issue 21, docs/events.md)
+    events_keep_days: float | None = Field(30.0, gt=0, description="Events older than this many days are deleted (None: kept).")
+    events_keep_max: int | None = Field(100_000, ge=1, description="Newest events kept at most; older ones are deleted (None: no cap).")
+    events_prune_interval_s: float = Field(60.0, gt=0, description="How often retention (events_keep_days, events_keep_max) runs.")
+    events_queue: int = Field(
+        1000, ge=1, description="Events waiting to be stored at most; when full the oldest is dropped (facegate_events_dropped)."
+    )
+    events_keepalive_s: float = Field(15.0, gt=0, description="A comment line is sent on an idle /v1/events/stream this often.")
+    webhook_timeout_s: float = Field(5.0, gt=0, le=60, description="One webhook delivery's HTTP timeout.")
+    webhook_attempts: int = Field(4, ge=1, le=10, description="Tries per webhook delivery (the first and its retries).")
+    webhook_backoff_s: float = Field(1.0, ge=0, le=300, description="Wait before the first retry; doubled before each next one.")
+    webhook_queue: int = Field(200, ge=1, description="Deliveries waiting per webhook at most; beyond, the new one is logged as dropped.")
+    mqtt_url: str | None = Field(
+        None,
+        repr=False,  # may hold a password
+        description="MQTT broker for events: mqtt://user:pass@host:1883 (mqtts:// for TLS); None: no MQTT.",
+    )
+    mqtt_ca_file: Path | None = Field(None, description="CA certificates (PEM) to check an mqtts:// broker with; None: the system's.")
+    mqtt_topic_prefix: str = Field("facegate", min_length=1, description="Topics are <prefix>/<camera>/event and <prefix>/<camera>/state.")
+    mqtt_discovery_prefix: str | None = Field(
+        "homeassistant", description="Home Assistant MQTT discovery prefix (a sensor per camera); None: no discovery."
+    )
+    access: dict[str, AccessRule] = Field(
+        default_factory=dict,
+        description="Door access rules per camera name: [access.door] allow = [\"Ada\", 12], windows = [\"mon-fri 07:00-19:00\"]. "
+        "Events of a camera with a rule carry decision granted or denied.",
+    )
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        from urllib.parse import urlsplit
+
+        u = urlsplit(v.strip())
+        if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+            raise ValueError("mqtt_url must be mqtt://[user:pass@]host[:port] or mqtts://...")
+        return v.strip()
+
     # ---- cameras (issue 21, docs/cameras.md)
     cameras: list[CameraConfig] = Field(default_factory=list, description="Cameras watched by the server ([[cameras]] tables; `serve --camera NAME=URL`).")
     camera_claim_s: float = Field(

@@ -110,3 +110,19 @@ class NoFrameError(FaceGateError):
     """A camera has no frame to show yet (not connected, or watched by another server)."""
 
     code = "no_frame"
+
+
+class EventNotFoundError(FaceGateError):
+    """No stored event (or no crop of it) with that id: never was, deleted with its person, or past retention."""
+
+    code = "event_not_found"
+
+
+class WebhookNotFoundError(FaceGateError):
+    code = "webhook_not_found"
+
+
+class InvalidWebhookError(FaceGateError):
+    """A webhook that cannot be: not an http(s) URL, an unknown status or decision in its filter."""
+
+    code = "invalid_webhook"

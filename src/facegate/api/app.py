@@ -21,6 +21,8 @@ from . import admin, auth, errors, headers, legacy, liveness, v1
 from . import cameras
 from facegate.cameras.manager import CameraManager, LogSink
 from . import people
+from . import events, webhooks
+from facegate.events.service import build_hub
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
 from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
@@ -45,6 +47,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         if p.batcher is not None:
             p.batcher.on_batch = worker.observe_batch
         g = p.gallery
+        # Events (docs/events.md): stored beside the gallery, sent to webhooks and MQTT; cameras publish here.
+        app.state.events = await anyio.to_thread.run_sync(build_hub, settings, g)
+        metrics.registry.register(app.state.events.collector())
         # Open (no key needed) is decided here, once: never after a key existed, never beyond loopback.
         app.state.open_mode = OpenMode.decide(keys_exist=app.state.keys.enforcing(), host=settings.host)
         log.info(
@@ -65,6 +70,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                 await anyio.to_thread.run_sync(audit.write, g, app.state.tally.drain())  # counts not yet written
             except Exception:
                 log.exception("could not write the audit counts at shutdown")
+            await anyio.to_thread.run_sync(app.state.events.close)  # what is queued is stored first
             app.state.keys.close()
             if own:
                 await anyio.to_thread.run_sync(p.close)
@@ -101,6 +107,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(people.router)  # PATCH /v1/people/{id}, DELETE /v1/faces/{id}
     app.include_router(liveness.router)
     app.include_router(cameras.router)  # GET /v1/cameras, /v1/cameras/{name}/snapshot
+    app.include_router(events.router)  # /v1/events, /v1/events/stream, /v1/events/{id}(/crop), /v1/events/test
+    app.include_router(webhooks.router)  # /v1/webhooks, /v1/webhooks/{id}(/deliveries)
     app.include_router(v1.health_router)
     web.mount(app)  # the web client: pages, scripts and the MediaPipe assets
     app.include_router(admin.router)

@@ -32,6 +32,8 @@ CLIENT_ROUTES = frozenset(
     {("POST", "/predict"), ("POST", "/v1/identify"), ("POST", "/v1/verify"), ("POST", "/v1/liveness"), ("GET", "/metrics")}
 )
 PUBLIC_PREFIX_EXCEPTIONS = ("/v1/", "/metrics")
+#: Reads of the event log (issue 21): a viewer key (or admin) reads them; a client key cannot.
+VIEWER_PREFIX = "/v1/events"
 UNLIMITED = frozenset({"/healthz"})
 #: A shared counter store (Redis) must answer within this, or the request goes on without its limits.
 STORAGE_TIMEOUT_S = 0.25
@@ -49,6 +51,8 @@ def required_role(method: str, path: str) -> str | None:
     """The role a request needs, or None for a public one."""
     if (method, path) in CLIENT_ROUTES:
         return "client"
+    if method in ("GET", "HEAD") and (path == VIEWER_PREFIX or path.startswith(VIEWER_PREFIX + "/")):
+        return "viewer"
     if method in ("GET", "HEAD") and not (path == "/v1" or path.startswith(PUBLIC_PREFIX_EXCEPTIONS)):
         return None
     return "admin"

@@ -28,6 +28,9 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.ReembedError: 409,
     e.BusyError: 503,
     e.DeadlineError: 503,
+    e.EventNotFoundError: 404,
+    e.WebhookNotFoundError: 404,
+    e.InvalidWebhookError: 422,
     e.CameraNotFoundError: 404,
     e.NoFrameError: 503,
 }

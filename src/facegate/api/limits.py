@@ -218,6 +218,10 @@ class AdmissionMiddleware:
         await self.app(scope, receive, send)
 
 
+#: Answers that stream for as long as the client listens (Server-Sent Events): no request timeout.
+LONG_LIVED = frozenset({"/v1/events/stream"})
+
+
 class TimeoutMiddleware:
     """No request is held longer than ``timeout_s``: a client too slow to send its body gets 408,
     a request the server could not answer in time gets 503 + Retry-After.
@@ -232,6 +236,9 @@ class TimeoutMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope.get("path") in LONG_LIVED:  # a live stream is meant to stay open (its own keep-alive)
             await self.app(scope, receive, send)
             return
         sent = _Watched(send)

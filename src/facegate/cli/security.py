@@ -59,7 +59,7 @@ def check_exposure(settings: Settings, tunnel: str | None) -> None:
 
 @keys_app.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}. admin: enrol, delete, list, export; client: predict, identify, verify.")],
+    role: Annotated[str, typer.Option(help=f"One of: {', '.join(ROLES)}. admin: enrol, delete, list, export; client: predict, identify, verify; viewer: read events.")],
     name: Annotated[str, typer.Option(help="A label to tell keys apart (e.g. 'front gate').")] = "",
     data: DataOpt = None,
     config: ConfigOpt = None,

@@ -136,3 +136,16 @@ def keys_for(gallery: GalleryBackend) -> KeyBackend:
 
         return PgKeyStore(gallery.url)
     return KeyStore(gallery.data_dir / DB_NAME)
+
+
+def events_for(gallery: GalleryBackend, encryption_key: str | None = None):
+    """The event log and webhooks beside an open gallery (its database; sealed with its key)."""
+    from .postgres import PgGallery
+
+    if isinstance(gallery, PgGallery):
+        from .pg_events import PgEventStore
+
+        return PgEventStore(gallery.url)
+    from .events import SqliteEventStore
+
+    return SqliteEventStore(gallery.data_dir / DB_NAME, encryption_key=encryption_key)

@@ -21,10 +21,15 @@ from typing import Literal
 from . import audit
 from facegate.errors import KeyRequestError
 
-Role = Literal["admin", "client"]
-ROLES: tuple[str, ...] = ("admin", "client")
+Role = Literal["admin", "client", "viewer"]
+#: viewer: reads the event log (events, their crops, the live stream) and nothing else (issue 21).
+ROLES: tuple[str, ...] = ("admin", "client", "viewer")
 #: What each role may do; admin includes client.
-GRANTS: dict[str, frozenset[str]] = {"admin": frozenset({"admin", "client"}), "client": frozenset({"client"})}
+GRANTS: dict[str, frozenset[str]] = {
+    "admin": frozenset({"admin", "client", "viewer"}),
+    "client": frozenset({"client"}),
+    "viewer": frozenset({"viewer"}),
+}
 PREFIX = "fg_"
 
 _SCHEMA = """

@@ -175,10 +175,28 @@ class Settings(BaseSettings):
     retry_min_feature_norm: float | None = Field(
         None, ge=0, description="Identify: below this feature norm, 'retry'; None: the model's measured default; 0: off."
     )
-    liveness: Literal["off", "passive"] = Field(
+    liveness: Literal["off", "passive", "challenge", "both"] = Field(
         "off",
         description="passive: every /v1/identify and /predict face is checked by the imported liveness models "
-        "(`facegate models import-liveness`) and a face judged a print or a screen is answered 'spoof', never named.",
+        "(`facegate models import-liveness`) and a face judged a print or a screen is answered 'spoof', never named. "
+        "challenge: a face is named only by answering an active challenge (POST /v1/challenges, blink and head turns: "
+        "the web app's live page and `facegate client` do); /v1/identify and /predict answer 'challenge_required', "
+        "never a name. both: the two together.",
+    )
+    enroll_liveness: bool = Field(
+        False,
+        description="Registration (POST /v1/people) requires `challenge_id`, a challenge passed by the person "
+        "being enrolled within challenge_ttl_s; their photos must match its face. The reference /register is refused.",
+    )
+    challenge_ttl_s: float = Field(10.0, gt=0, le=120, description="Seconds a liveness challenge may be answered in, from its creation.")
+    challenge_closed_ear: float = Field(
+        0.2, gt=0, lt=1, description="Challenge blink: eyes closed below this eye aspect ratio (Soukupova and Cech 2016; open eyes read 0.25-0.35)."
+    )
+    challenge_blink_ratio: float = Field(
+        0.7, gt=0, le=1, description="Challenge blink: the closed frame's eye aspect ratio at most this fraction of the neutral frames'."
+    )
+    challenge_turn_yaw: float = Field(
+        20.0, ge=5, le=60, description="Challenge turn: degrees the head must turn, to the named side, from the neutral frames (and from straight ahead)."
     )
 
     # Trust (README, "Security").

@@ -112,6 +112,26 @@ class NoFrameError(FaceGateError):
     code = "no_frame"
 
 
+class ChallengeNotFoundError(FaceGateError):
+    code = "challenge_not_found"
+
+
+class ChallengeUsedError(FaceGateError):
+    """The challenge was already answered: a challenge works once."""
+
+    code = "challenge_used"
+
+
+class ChallengeExpiredError(FaceGateError):
+    code = "challenge_expired"
+
+
+class ChallengeRequiredError(FaceGateError):
+    """An enrolment without a passed challenge while ``enroll_liveness`` is on."""
+
+    code = "challenge_required"
+
+
 class EventNotFoundError(FaceGateError):
     """No stored event (or no crop of it) with that id: never was, deleted with its person, or past retention."""
 

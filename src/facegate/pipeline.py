@@ -17,9 +17,11 @@ from .config import Settings
 from .vision.detect import BlazeFaceDetector, YuNetDetector
 from .vision.embed import Embedder, FlipTTA, load_embedder
 from .vision.liveness import NO_MODEL, Liveness, LivenessUnavailableError, PassiveLiveness, load_liveness
-from .errors import LooksLikeError, NoFaceError, PoorQualityError, ReembedError
+from .errors import ChallengeRequiredError, LooksLikeError, NoFaceError, PoorQualityError, ReembedError
 from .gallery.sqlite import Gallery, NewFace, Person, clean_name
 from .vision.imageio import ImageLimits, decode_image, encode_jpeg
+from .vision.challenge import Limits as ChallengeLimits, Outcome, FrameReading, judge as judge_challenge, read as read_frame
+from .vision.landmarks import FaceMesh
 from .vision.locate import LocatedFace, Locator
 from .vision.quality import QualityThresholds, Verdict, judge, norm_floor
 from .rank import Decision, Neighbour, rank
@@ -105,6 +107,8 @@ class Identification:
     verdict: Verdict | None = None
     #: Set with ``liveness = "passive"``: the passive check's answer; a spoof's ``decision`` is nobody.
     liveness: Liveness | None = None
+    #: With ``liveness = "challenge"``: "required" (no challenge answered: named nobody), "failed" or "passed".
+    challenge: str | None = None
 
     @property
     def retry(self) -> bool:
@@ -120,7 +124,25 @@ class Identification:
     def status(self) -> str:
         """The one word every answer carries: "recognized", "unknown", "retry" (too poor a face to name),
         or "spoof" (judged a print or a screen by the passive liveness check, whatever its quality)."""
-        return "spoof" if self.spoof else "retry" if self.retry else "recognized" if self.decision.known else "unknown"
+        if self.spoof:
+            return "spoof"
+        if self.retry:
+            return "retry"
+        if self.challenge in ("required", "failed"):
+            return f"challenge_{self.challenge}"
+        return "recognized" if self.decision.known else "unknown"
+
+
+@dataclass(frozen=True)
+class ChallengeAnswer:
+    """A re-checked challenge: the verdict, each frame's readings (neutral frames first, then the actions'
+    in the challenge's order), and the first neutral frame's face (named only when the challenge passed)."""
+
+    outcome: Outcome
+    readings: tuple[FrameReading, ...]
+    faces: tuple[Identification, ...]
+    #: The first frame's face vector when the challenge passed (what an enrolment must match).
+    vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,7 @@ class Pipeline:
         batcher: MicroBatcher | None = None,
         yunet: YuNetDetector | None = None,
         liveness: PassiveLiveness | None = None,
+        landmarks: FaceMesh | None = None,
     ) -> None:
         self.settings = settings
         self.detector = detector
@@ -170,6 +193,9 @@ class Pipeline:
         self.yunet = yunet
         #: The imported liveness models (``facegate models import-liveness``), or None: /v1/liveness and ``liveness = "passive"``.
         self.liveness = liveness
+        #: The face mesh of the ``mediapipe`` wheel: the active challenge's re-check (``challenge_frames``).
+        self.landmarks = landmarks
+        self.challenge_limits = ChallengeLimits(settings.challenge_closed_ear, settings.challenge_blink_ratio, settings.challenge_turn_yaw)
         self.embedder = embedder
         self.gallery = gallery
         #: The "where is the face" decision (``vision.locate``).
@@ -205,8 +231,9 @@ class Pipeline:
         if batching:
             server_thread_settings(settings.batch_scheduling)
         # Loaded whenever imported (POST /v1/liveness); with liveness = "passive" a server will not start without one.
-        liveness = load_liveness(settings.models_dir, required=settings.liveness != "off")
-        if liveness is None and settings.liveness != "off":
+        passive = settings.liveness in ("passive", "both")
+        liveness = load_liveness(settings.models_dir, required=passive)
+        if liveness is None and passive:
             raise LivenessUnavailableError(f"liveness = {settings.liveness!r}: {NO_MODEL}")
         embedder = FlipTTA(
             load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane=batching),
@@ -235,13 +262,15 @@ class Pipeline:
             if batching
             else None
         )
-        return cls(settings, detector, embedder, gallery, batcher, yunet, liveness)
+        return cls(settings, detector, embedder, gallery, batcher, yunet, liveness, FaceMesh())
 
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
         self.gallery.close()
         self.detector.close()
+        if self.landmarks is not None:
+            self.landmarks.close()
 
     # ------------------------------------------------------------------ faces
     def locate(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> LocatedFace:
@@ -357,15 +386,29 @@ class Pipeline:
         return [NewFace(v, encode_jpeg(lf.aligned, CROP_QUALITY) if keep else None, f) for lf, v, f in kept]
 
     def enroll_photos(
-        self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None, *, allow_duplicate: bool | None = None
+        self,
+        name: str,
+        images: Sequence[np.ndarray],
+        fields: Sequence[str] | None = None,
+        *,
+        allow_duplicate: bool | None = None,
+        live_face: np.ndarray | None = None,
     ) -> Enrolment:
         """Enrol a new person from the photos that pass the gate (at least ``enroll_min_faces``; below that
-        nothing is stored); the others are left out and listed. Faces of someone already enrolled: 409."""
+        nothing is stored); the others are left out and listed. Faces of someone already enrolled: 409.
+        ``live_face``: the vector of a passed liveness challenge's face, which every kept photo must match."""
         fields = list(fields or [f"images[{i}]" for i in range(len(images))])
         name = clean_name(name, self.settings.max_name_length)  # cheap checks before any model runs
         self.gallery.ensure_name_free(name)
         kept, dropped = self._screen(images, fields)
         self._require(kept, dropped, self.settings.enroll_min_faces)
+        if live_face is not None:
+            for _, v, f in kept:
+                sim = float(v @ live_face)
+                if sim < self.threshold:
+                    raise ChallengeRequiredError(
+                        f"{f}: not the face that passed the challenge (similarity {sim:.2f}, at least {self.threshold:.2f} needed)", field=f
+                    )
         self._refuse_duplicates([v for _, v, _ in kept], [f for _, _, f in kept], None, allow_duplicate)
         person = self.gallery.add_person(name, self._new_faces(kept), self.embedder.model_id, self.settings.max_name_length)
         return Enrolment(person, tuple(dropped))
@@ -432,11 +475,58 @@ class Pipeline:
         return self.liveness.check_many(image, [lf.box for lf in located])
 
     def _passive(self, image: np.ndarray, idents: list[Identification]) -> list[Identification]:
-        """With ``liveness = "passive"``: each face carries its check, and a face judged spoof is named nobody."""
-        if self.settings.liveness != "passive" or not idents:
+        """With ``liveness = "passive"``: each face carries its check, and a face judged spoof is named nobody.
+        With ``"challenge"`` (or ``"both"``), no face is named here: only an answered challenge names."""
+        if self.settings.liveness in ("challenge", "both"):
+            idents = [replace(i, decision=RETRY, challenge="required") for i in idents]
+        if self.settings.liveness not in ("passive", "both") or not idents:
             return idents
         checks = self.passive_check(image, [i.located for i in idents])
         return [replace(i, liveness=c, decision=i.decision if c.live else RETRY) for i, c in zip(idents, checks)]
+
+    # ------------------------------------------------------------------ active challenge
+    def challenge_frames(
+        self, actions: Sequence[str], neutral: Sequence[np.ndarray], acted: dict[str, np.ndarray]
+    ) -> ChallengeAnswer:
+        """Re-check a challenge's frames (``vision.challenge``): each action shown, one face throughout; then
+        who the first neutral frame's face is, named only when the challenge passed (and, with
+        ``liveness = "both"``, the passive check calls it live)."""
+        if self.landmarks is None:
+            raise LivenessUnavailableError("the face landmark model is not loaded")
+        frames = list(neutral) + [acted[a] for a in actions if a in acted]
+        located: list[LocatedFace | None] = []
+        readings: list[FrameReading] = []
+        for img in frames:
+            try:
+                lf = self.locate(img)
+            except NoFaceError:
+                lf = None
+            located.append(lf)
+            mesh = self.landmarks.find(img, near=lf.box if lf is not None else None) if lf is not None else None
+            readings.append(read_frame(mesh))
+        found = [lf for lf in located if lf is not None]
+        vecs, norms = self.embed_with_norm([lf.aligned for lf in found])
+        it = iter(zip(vecs, norms))
+        per = [next(it) if lf is not None else None for lf in located]
+        first = per[0]
+        sims = [None if p is None or first is None else float(first[0] @ p[0]) for p in per[1:]]
+        n = len(neutral)
+        acted_readings = dict(zip([a for a in actions if a in acted], readings[n:]))
+        labels = [f"neutral[{i}]" for i in range(n)] + [f"frames.{a}" for a in acted_readings]
+        outcome = judge_challenge(actions, readings[:n], acted_readings, sims, self.threshold, self.challenge_limits, labels)
+        idents: list[Identification] = []
+        lf0 = located[0]
+        if lf0 is not None and first is not None:
+            lf0 = replace(lf0, quality=replace(lf0.quality, feature_norm=float(first[1])))
+            v = self.judge_probe(lf0)
+            decision = self.decide(first[0]) if v.ok and outcome.passed else RETRY
+            ident = Identification(lf0, decision, self.threshold, v, challenge="passed" if outcome.passed else "failed")
+            if self.settings.liveness in ("passive", "both") and self.liveness is not None:
+                c = self.passive_check(neutral[0], [lf0])[0]
+                ident = replace(ident, liveness=c, decision=ident.decision if c.live else RETRY)
+            idents.append(ident)
+        live = first is not None and outcome.passed and not (idents and idents[0].spoof)
+        return ChallengeAnswer(outcome, tuple(readings), tuple(idents), first[0] if live else None)
 
     def verify(self, a: np.ndarray, b: np.ndarray) -> Verification:
         la, lb = self.locate(a, field="image_a"), self.locate(b, field="image_b")

@@ -23,6 +23,8 @@ from facegate.cameras.manager import CameraManager, LogSink
 from . import people
 from . import events, webhooks
 from facegate.events.service import build_hub
+from . import challenges
+from facegate.security.challenges import ChallengeStore
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
 from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
@@ -57,6 +59,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,
         )
         flusher = asyncio.create_task(_flush_tallies(app))
+        app.state.challenges = ChallengeStore(settings.challenge_ttl_s)  # active liveness nonces (api.challenges)
         # Cameras (docs/cameras.md): events go to the event store when there is one (app.state.events), else the log.
         app.state.cameras = CameraManager(
             settings, p, lambda: getattr(app.state, "events", None) or LogSink(), lambda: worker.pending >= worker.max_pending // 2
@@ -106,6 +109,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(people.router)  # PATCH /v1/people/{id}, DELETE /v1/faces/{id}
     app.include_router(liveness.router)
+    app.include_router(challenges.router)  # POST /v1/challenges, /v1/challenges/{id}/answer
     app.include_router(cameras.router)  # GET /v1/cameras, /v1/cameras/{name}/snapshot
     app.include_router(events.router)  # /v1/events, /v1/events/stream, /v1/events/{id}(/crop), /v1/events/test
     app.include_router(webhooks.router)  # /v1/webhooks, /v1/webhooks/{id}(/deliveries)

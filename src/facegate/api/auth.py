@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 
 import anyio
@@ -47,12 +48,18 @@ log = logging.getLogger(__name__)
 _CLOSED = OpenMode(False)
 
 
+#: The active liveness challenge (api.challenges): a client key asks for one and answers it.
+_CHALLENGE_ANSWER = re.compile(r"/v1/challenges/[^/]{1,64}/answer")
+
+
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs, or None for a public one."""
     if (method, path) in CLIENT_ROUTES:
         return "client"
     if method in ("GET", "HEAD") and (path == VIEWER_PREFIX or path.startswith(VIEWER_PREFIX + "/")):
         return "viewer"
+    if method == "POST" and (path == "/v1/challenges" or _CHALLENGE_ANSWER.fullmatch(path)):
+        return "client"
     if method in ("GET", "HEAD") and not (path == "/v1" or path.startswith(PUBLIC_PREFIX_EXCEPTIONS)):
         return None
     return "admin"

@@ -31,6 +31,10 @@ STATUS: dict[type[e.FaceGateError], int] = {
     e.EventNotFoundError: 404,
     e.WebhookNotFoundError: 404,
     e.InvalidWebhookError: 422,
+    e.ChallengeNotFoundError: 404,
+    e.ChallengeUsedError: 409,
+    e.ChallengeExpiredError: 410,
+    e.ChallengeRequiredError: 403,
     e.CameraNotFoundError: 404,
     e.NoFrameError: 503,
 }

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 from fastapi import APIRouter
 
+from facegate.errors import ChallengeRequiredError
 from facegate.vision.align import eye_points
 from facegate.vision.imageio import load_b64_image
 from .deps import PipelineDep, WorkerDep
@@ -28,6 +29,9 @@ async def register(body: RegisterRequest, pipeline: PipelineDep, worker: WorkerD
     def work():
         images = [load_b64_image(getattr(body, f), pipeline.limits, field=f) for f in _IMAGE_FIELDS]
         return pipeline.enroll_photos(body.user_name, images, _IMAGE_FIELDS, allow_duplicate=body.allow_duplicate)
+
+    if pipeline.settings.enroll_liveness:  # the reference fields carry no challenge: enrol through /v1/people
+        raise ChallengeRequiredError("enroll_liveness is on: register through POST /v1/people with a passed challenge_id")
 
     e = await worker.run(work)
     person = e.person

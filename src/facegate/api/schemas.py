@@ -98,9 +98,10 @@ def liveness_out(ident) -> LivenessOut | None:
 class PredictResponse(BaseModel):
     user_name: str = Field(..., description='The recognised name, or "unknown".')
     similarity: float = Field(..., description="Cosine similarity of the winner's nearest face (or of the nearest face when unknown).")
-    status: Literal["recognized", "unknown", "retry", "spoof"] = Field(
+    status: Literal["recognized", "unknown", "retry", "spoof", "challenge_required"] = Field(
         ..., description='"retry": the face is too poor to name (see quality.reasons); send another frame. '
-        '"spoof": judged a print or a screen by the passive liveness check (liveness = "passive"); never named.'
+        '"spoof": judged a print or a screen by the passive liveness check (liveness = "passive"); never named. '
+        '"challenge_required": liveness = "challenge" names a face only through POST /v1/challenges; never named here.'
     )
     person_id: int | None
     threshold: float
@@ -120,8 +121,9 @@ class Box(BaseModel):
 class FaceMatch(BaseModel):
     box: Box | None
     score: float | None = Field(None, description="Detector confidence.")
-    status: Literal["recognized", "unknown", "retry", "spoof"] = Field(
-        ..., description='"retry": too poor a face to name (see quality); "spoof": judged a print or a screen (see liveness), never named.'
+    status: Literal["recognized", "unknown", "retry", "spoof", "challenge_required", "challenge_failed"] = Field(
+        ..., description='"retry": too poor a face to name (see quality); "spoof": judged a print or a screen (see liveness), never named; '
+        '"challenge_required" (liveness = "challenge"): named only through POST /v1/challenges; "challenge_failed": its challenge failed, never named.'
     )
     person_id: int | None
     name: str | None
@@ -144,6 +146,7 @@ class EnrollJSON(_Strict):
     name: StrictStr
     images: list[StrictStr] = Field(..., min_length=1)
     allow_duplicate: StrictBool | None = Field(None, description="Enrol although the faces match another enrolled person.")
+    challenge_id: StrictStr | None = Field(None, max_length=64, description="With enroll_liveness: a liveness challenge the person passed.")
 
 
 class FacesJSON(_Strict):

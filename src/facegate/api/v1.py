@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facegate import __version__
-from facegate.errors import FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
+from facegate.errors import ChallengeRequiredError, FaceNotFoundError, InvalidImageError, InvalidNameError, PersonExistsError
 from facegate.gallery.sqlite import Person
 from facegate.vision.imageio import b64_to_bytes, decode_image
 from facegate.pipeline import Enrolment, Identification
@@ -202,10 +202,16 @@ async def enroll(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> 
     if not isinstance(name, str):
         raise RequestValidationError([{"loc": ("body", "name"), "msg": "Field required", "type": "missing"}])
     allow = _allow_duplicate(texts)
+    live_face = None
+    if pipeline.settings.enroll_liveness:  # a passed liveness challenge (api.challenges), spent here
+        cid = texts.get("challenge_id")
+        if not isinstance(cid, str) or not cid:
+            raise ChallengeRequiredError("enroll_liveness is on: send challenge_id, a liveness challenge the person passed", field="challenge_id")
+        live_face = request.app.state.challenges.spend_passed(cid, audit.current_actor.get())
 
     def work():
         decoded = [decode_image(b, pipeline.limits, field=label) for label, b in images]
-        return pipeline.enroll_photos(name, decoded, [label for label, _ in images], allow_duplicate=allow)
+        return pipeline.enroll_photos(name, decoded, [label for label, _ in images], allow_duplicate=allow, live_face=live_face)
 
     try:
         e = await worker.run(work)

@@ -1,0 +1,206 @@
+"""The active liveness challenge over HTTP, against real `facegate serve` processes on loopback.
+
+Sequences are built from real lfw-dev photos of one person, looked at by eye (tests/vision/test_challenge.py
+says what each shows): Paul Bremer facing the camera (_0004, _0007), turned to his own left (_0003) and to
+his own right (_0002). The challenge's actions are random: a test asks for challenges until it gets the
+pair it has frames for (a third of them). The passive check's decision on the three MiniFASNet samples
+over HTTP is tests/api/test_liveness_api.py's. Skipped without ../shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import LFW, ServerProcess
+
+pytestmark = pytest.mark.skipif(not LFW.is_dir(), reason=f"lfw-dev photos not found at {LFW}")
+
+TTL_S = 4.0
+NEUTRAL = ("Paul_Bremer_0004", "Paul_Bremer_0007")
+TURNS = {"turn_left": "Paul_Bremer_0003", "turn_right": "Paul_Bremer_0002"}
+ENROL = ("Paul_Bremer_0001", "Paul_Bremer_0005")
+
+
+def jpeg(name: str, quality: int | None = None) -> bytes:
+    """The photo's own bytes, or re-encoded (fresh bytes: the server remembers frames it was sent)."""
+    raw = (LFW / name.rsplit("_", 1)[0] / f"{name}.jpg").read_bytes()
+    if quality is None:
+        return raw
+    img = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes()
+
+
+def enc(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def challenge(c, actions: set[str] | None = None) -> dict:
+    """A fresh challenge, with exactly ``actions`` when given (asked again until it comes)."""
+    for _ in range(60):
+        r = c.post("/v1/challenges")
+        assert r.status_code == 201, r.text
+        body = r.json()
+        if actions is None or set(body["actions"]) == actions:
+            return body
+    raise AssertionError(f"no challenge with {actions} in 60 tries")
+
+
+def turns_answer(quality: int | None, **swap: bytes) -> dict:
+    """Neutral, turned left, turned right, of Paul Bremer (JSON body); ``swap`` replaces frames."""
+    frames = {a: jpeg(n, quality) for a, n in TURNS.items()} | {k: v for k, v in swap.items() if k in TURNS}
+    neutral = [swap.get(f"neutral{i}", jpeg(n, quality)) for i, n in enumerate(NEUTRAL)]
+    return {"neutral": [enc(b) for b in neutral], "frames": {a: enc(b) for a, b in frames.items()}}
+
+
+def enrol_paul(c) -> int:
+    r = c.post("/v1/people", json={"name": "Paul Bremer", "images": [enc(jpeg(n)) for n in ENROL]})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    """liveness off (the default): the challenge routes still work; the expiry shortened for the test."""
+    s = ServerProcess(tmp_path_factory.mktemp("chal") / "data", env={"FACEGATE_CHALLENGE_TTL_S": str(TTL_S)}).start()
+    with s.client() as c:
+        enrol_paul(c)
+    yield s
+    s.stop()
+
+
+def test_new_challenge(srv):
+    with srv.client() as c:
+        body = challenge(c)
+    assert len(body["actions"]) == 2 and len(set(body["actions"])) == 2
+    assert set(body["actions"]) <= {"blink", "turn_left", "turn_right"}
+    assert 0 < body["expires_in_s"] <= TTL_S and (body["expires_at"].endswith("Z") or "+00:00" in body["expires_at"])
+    assert len(body["id"]) >= 20 and len(body["prompts"]) == 2
+
+
+def test_real_sequence_passes_and_names_once(srv):
+    """Neutral, head turned left, head turned right (real photos of one person): passed, named; the same
+    challenge answered again is 409; the same frames with a new challenge are refused as a replay."""
+    with srv.client() as c:
+        ch = challenge(c, {"turn_left", "turn_right"})
+        body = turns_answer(None)
+        r = c.post(f"/v1/challenges/{ch['id']}/answer", json=body)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["challenge"]["passed"] is True, got["challenge"]
+        assert got["challenge"]["reasons"] == [] and got["challenge"]["actions"] == ch["actions"]
+        assert [f["frame"] for f in got["challenge"]["frames"]][:2] == ["neutral[0]", "neutral[1]"]
+        yaw = {f["frame"]: f["yaw"] for f in got["challenge"]["frames"]}
+        assert yaw["frames.turn_left"] <= -20 and yaw["frames.turn_right"] >= 20
+        (face,) = got["faces"]
+        assert face["status"] == "recognized" and face["name"] == "Paul Bremer", face
+
+        again = c.post(f"/v1/challenges/{ch['id']}/answer", json=body)
+        assert again.status_code == 409 and again.json()["code"] == "challenge_used", again.text
+
+        fresh = challenge(c, {"turn_left", "turn_right"})
+        replay = c.post(f"/v1/challenges/{fresh['id']}/answer", json=body).json()
+        assert replay["challenge"]["passed"] is False and replay["faces"] == []
+        assert "neutral[0]: the same frame was sent in an earlier answer (a replay)" in replay["challenge"]["reasons"]
+
+
+def test_multipart_answer_and_wrong_action(srv):
+    """The turn-right photo sent as the turn to the left fails, and says so; multipart works as JSON does."""
+    with srv.client() as c:
+        ch = challenge(c, {"turn_left", "turn_right"})
+        files = [("neutral", ("n0.jpg", jpeg(NEUTRAL[0], 93), "image/jpeg")), ("neutral", ("n1.jpg", jpeg(NEUTRAL[1], 93), "image/jpeg"))]
+        files += [("turn_left", ("l.jpg", jpeg(TURNS["turn_right"], 93), "image/jpeg")), ("turn_right", ("r.jpg", jpeg(TURNS["turn_right"], 94), "image/jpeg"))]
+        r = c.post(f"/v1/challenges/{ch['id']}/answer", files=files)
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["challenge"]["passed"] is False
+        assert any(x.startswith("turn_left: head turned the other way (to the person's right") for x in got["challenge"]["reasons"]), got
+        assert not any(x.startswith("turn_right") for x in got["challenge"]["reasons"])
+        (face,) = got["faces"]
+        assert face["status"] == "challenge_failed" and face["name"] is None and face["person_id"] is None
+
+
+def test_another_person_in_one_frame(srv):
+    with srv.client() as c:
+        ch = challenge(c, {"turn_left", "turn_right"})
+        body = turns_answer(92, neutral1=jpeg("Tim_Duncan_0001", 92))
+        got = c.post(f"/v1/challenges/{ch['id']}/answer", json=body).json()
+    assert got["challenge"]["passed"] is False
+    assert any(x.startswith("neutral[1]: not the same person as in neutral[0]") for x in got["challenge"]["reasons"]), got["challenge"]
+    assert got["faces"][0]["name"] is None
+
+
+def test_still_photo_fails_every_action(srv):
+    """One photo in every frame (a still held to the camera): no action shows."""
+    with srv.client() as c:
+        ch = challenge(c)
+        still = jpeg(NEUTRAL[0], 91)
+        body = {"neutral": [enc(still)], "frames": {a: enc(jpeg(NEUTRAL[0], 90 - i)) for i, a in enumerate(ch["actions"])}}
+        got = c.post(f"/v1/challenges/{ch['id']}/answer", json=body).json()
+    reasons = got["challenge"]["reasons"]
+    assert got["challenge"]["passed"] is False and len(reasons) == 2, reasons
+    for a, why in zip(ch["actions"], reasons):
+        assert why.startswith(f"{a}: eyes not closed" if a == "blink" else f"{a}: head not turned"), reasons
+    assert got["faces"][0]["status"] == "challenge_failed"
+
+
+def test_bad_answers_change_nothing_then_expiry(srv):
+    """A malformed answer is 422 and leaves the challenge open; an unknown id is 404; a late one 410."""
+    with srv.client() as c:
+        ch = challenge(c)
+        bad = c.post(f"/v1/challenges/{ch['id']}/answer", json={"frames": {}})
+        assert bad.status_code == 422 and bad.json()["field"] == "neutral", bad.text
+        bad = c.post(f"/v1/challenges/{ch['id']}/answer", json={"neutral": ["not base64!"], "frames": {}})
+        assert bad.status_code == 422, bad.text
+        bad = c.post(f"/v1/challenges/{ch['id']}/answer", json={"neutral": [enc(jpeg(NEUTRAL[0], 89))] * 3, "frames": {}})
+        assert bad.status_code == 422, bad.text
+        assert c.post("/v1/challenges/nope/answer", json={"neutral": [enc(jpeg(NEUTRAL[0], 88))], "frames": {}}).status_code == 404
+        time.sleep(TTL_S + 0.5)
+        late = c.post(f"/v1/challenges/{ch['id']}/answer", json={"neutral": [enc(jpeg(NEUTRAL[0], 87))], "frames": {}})
+        assert late.status_code == 410 and late.json()["code"] == "challenge_expired", late.text
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """liveness = "challenge" and enroll_liveness on, through the environment."""
+    s = ServerProcess(
+        tmp_path_factory.mktemp("chal2") / "data", env={"FACEGATE_LIVENESS": "challenge", "FACEGATE_ENROLL_LIVENESS": "true"}
+    ).start()
+    yield s
+    s.stop()
+
+
+def test_challenge_mode_names_only_through_a_challenge(strict):
+    with strict.client() as c:
+        images = [enc(jpeg(n)) for n in ENROL]
+        r = c.post("/v1/people", json={"name": "Paul Bremer", "images": images})
+        assert r.status_code == 403 and r.json()["code"] == "challenge_required", r.text
+        ref = {"user_name": "Paul Bremer", "first_img": images[0], "sec_img": images[1], "third_img": images[0]}
+        r = c.post("/register", json=ref)
+        assert r.status_code == 403 and r.json()["code"] == "challenge_required", r.text
+
+        ch = challenge(c, {"turn_left", "turn_right"})
+        passed = c.post(f"/v1/challenges/{ch['id']}/answer", json=turns_answer(None)).json()
+        assert passed["challenge"]["passed"], passed["challenge"]
+        assert passed["faces"][0]["status"] == "unknown"  # nobody enrolled yet
+        other = c.post("/v1/people", json={"name": "Tim Duncan", "images": [enc(jpeg("Tim_Duncan_0001"))], "challenge_id": ch["id"]})
+        assert other.status_code == 403 and "not the face that passed the challenge" in other.json()["detail"], other.text
+        ch = challenge(c, {"turn_left", "turn_right"})
+        assert c.post(f"/v1/challenges/{ch['id']}/answer", json=turns_answer(96)).json()["challenge"]["passed"]
+        r = c.post("/v1/people", json={"name": "Paul Bremer", "images": images, "challenge_id": ch["id"]})
+        assert r.status_code == 201, r.text
+        r = c.post("/v1/people", json={"name": "Paul Bremer 2", "images": images, "challenge_id": ch["id"]})
+        assert r.status_code == 403, r.text  # spent
+
+        # Identification without a challenge never names, even an enrolled face.
+        r = c.post("/v1/identify", json={"image": enc(jpeg(NEUTRAL[0]))}).json()
+        assert [f["status"] for f in r["faces"]][:1] == ["challenge_required"] and r["faces"][0]["name"] is None, r
+        p = c.post("/predict", json={"image": enc(jpeg(NEUTRAL[0])), "file_name": "x.jpg"}).json()
+        assert p["status"] == "challenge_required" and p["user_name"] == "unknown", p
+        ch = challenge(c, {"turn_left", "turn_right"})
+        got = c.post(f"/v1/challenges/{ch['id']}/answer", json=turns_answer(95)).json()
+        assert got["faces"][0]["name"] == "Paul Bremer" and got["faces"][0]["status"] == "recognized", got

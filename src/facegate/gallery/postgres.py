@@ -36,6 +36,7 @@ from facegate.errors import EncryptionError, FaceNotFoundError, KeyRequestError,
 from .names import exists_error, rekeyed
 from .common import FaceRecord, GalleryCounts, NewFace, Person, check_vectors, clean_name, mixed_models_error, name_key, reembedded_error
 from .common import now as _now
+from .purge import PgPurger
 from facegate.security.keys import ApiKey, matches, new_secret, parse, plain_key, secret_hash
 from facegate.rank import Neighbour
 
@@ -204,6 +205,8 @@ class PgGallery(GalleryCounts):
             open=True,
             name="facegate-gallery",
         )
+        #: Deleted rows leave the data files only when the tables are rewritten (issue 19, finding 6).
+        self._purger = PgPurger(self._pool.connection, "the PostgreSQL gallery")
 
     @classmethod
     def open_existing(cls, url: str, **kwargs) -> PgGallery | None:
@@ -359,6 +362,7 @@ class PgGallery(GalleryCounts):
             con.execute(
                 "UPDATE gallery_state SET people = people - 1, faces = faces - %s, generation = generation + 1", (person.face_count,)
             )
+        self._purger.purge()  # the dead rows hold the name, key, vectors and crops
         return person
 
     def rename_person(self, person_id: int, name: str, max_name_length: int = 128) -> Person:
@@ -381,6 +385,7 @@ class PgGallery(GalleryCounts):
             con.execute("UPDATE people SET name = %s, name_key = %s WHERE id = %s", (name, key, person_id))
             _audit(con, audit.RENAME, person_id)
             con.execute("UPDATE gallery_state SET generation = generation + 1")
+        self._purger.purge()  # the old name, in the row version the update left dead
         return self.get_person(person_id)
 
     def delete_face(self, face_id: int) -> Person:
@@ -395,6 +400,7 @@ class PgGallery(GalleryCounts):
             person_id = int(row[0])
             _audit(con, audit.DELETE_FACE, person_id, face=face_id)
             con.execute("UPDATE gallery_state SET faces = faces - 1, generation = generation + 1")
+        self._purger.purge()
         return self.get_person(person_id)
 
     def stored_crops(self) -> list[tuple[int, bytes | None]]:
@@ -537,7 +543,13 @@ class PgGallery(GalleryCounts):
             "FROM s LEFT JOIN (nn JOIN people p ON p.id = nn.person_id) ON true ORDER BY nn.d, nn.id"
         )
 
+    @property
+    def purge_pending(self) -> bool:
+        """True while a deleted person's rows may still be in the tables' files (``PgPurger``)."""
+        return self._purger.pending
+
     def close(self) -> None:
+        self._purger.close()
         self._pool.close()
 
 

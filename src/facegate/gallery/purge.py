@@ -1,4 +1,5 @@
-"""Emptying SQLite's write-ahead log after a deletion, and saying when it could not be done yet.
+"""Emptying SQLite's write-ahead log (and rewriting PostgreSQL's tables) after a deletion, and saying
+when it could not be done yet.
 
 A deleted person's rows are overwritten in the database file (``secure_delete``), but the pages as
 they were before the delete stay in the ``-wal`` file until a checkpoint copies the log back and
@@ -12,6 +13,7 @@ and is retried in the background until the reader goes.
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 
@@ -21,6 +23,8 @@ log = logging.getLogger(__name__)
 PURGE_WAIT_S = 0.5
 #: Pause between background tries while a reader blocks the purge.
 PURGE_RETRY_S = 0.2
+#: Pause between background tries of PostgreSQL's purge (a VACUUM FULL rewrites whole tables).
+PG_PURGE_RETRY_S = 1.0
 
 
 class WalPurger:
@@ -92,3 +96,97 @@ class WalPurger:
         if self._pending and not self._checkpoint(PURGE_WAIT_S):
             log.warning("closing with a purge pending: deleted data stays in the -wal file of %s until the next "
                         "checkpoint (the next deletion, or the last connection closing)", self._where)
+
+
+#: The tables whose deleted rows hold a person's name, name key, vectors and crops (and their TOAST
+#: tables and indexes, which VACUUM FULL rewrites with them).
+PG_TABLES = ("people", "faces")
+_NOT_REMOVABLE = re.compile(r"(\d+) dead row versions cannot be removed yet")
+
+
+class PgPurger:
+    """Rewrites PostgreSQL's tables after a deletion so the deleted rows leave the data files.
+
+    A DELETE on PostgreSQL only marks rows dead: their bytes stay in the table's heap, TOAST and index
+    pages, and a plain VACUUM frees that space without overwriting it (measured: the name, its key and
+    the crop were all still in the files after ``VACUUM`` and a checkpoint). ``VACUUM FULL`` writes the
+    live rows into new files and removes the old ones, so this runs it on ``PG_TABLES``. Two things stop
+    it: another transaction using the tables (its lock: waited for ``PURGE_WAIT_S`` at most, so readers
+    are never queued behind it for long), and a snapshot older than the delete anywhere in the cluster
+    (a ``pg_dump``, a long REPEATABLE READ transaction), for which VACUUM FULL must copy the dead rows
+    ("N dead row versions cannot be removed yet"). Either way the purge is *pending* and retried in the
+    background, as ``WalPurger`` does for SQLite. What it cannot reach: the write-ahead log (``pg_wal``
+    keeps the rows until its segments are reused), WAL archives, replicas and backups.
+    """
+
+    def __init__(self, connection, where: str, tables: tuple[str, ...] = PG_TABLES) -> None:
+        """``connection``: a context manager giving an autocommit psycopg connection (VACUUM runs outside
+        a transaction), e.g. a pool's ``connection``."""
+        self._connection = connection
+        self._where = where
+        self._tables = tables
+        self._lock = threading.Lock()
+        self._pending = False
+        self._closing = threading.Event()
+        self._retrying = False
+
+    @property
+    def pending(self) -> bool:
+        """True while deleted rows may still be in the tables' data files."""
+        return self._pending
+
+    def _vacuum(self, wait_s: float) -> bool:
+        """One VACUUM FULL of the tables; True when no dead row had to be kept."""
+        notes: list[str] = []
+        try:
+            with self._connection() as con:
+                con.add_notice_handler(lambda d: notes.append(d.message_detail or ""))
+                con.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
+                try:
+                    con.execute(f"VACUUM (FULL, VERBOSE) {', '.join(self._tables)}")
+                finally:
+                    con.execute("RESET lock_timeout")
+        except Exception as exc:  # lock timeout, a restart: tried again later
+            log.debug("VACUUM FULL of %s failed: %s", self._where, exc)
+            return False
+        kept = sum(int(m.group(1)) for n in notes for m in _NOT_REMOVABLE.finditer(n))
+        return kept == 0
+
+    def purge(self, wait_s: float = PURGE_WAIT_S) -> bool:
+        """Rewrite the tables now if no one holds them for more than ``wait_s``; else mark the purge pending
+        and retry in the background. True when no deleted row is left in the tables' files."""
+        with self._lock:
+            if self._vacuum(wait_s):
+                if self._pending:
+                    log.info("the pending purge of %s finished: no deleted row is left in its tables' files", self._where)
+                self._pending = False
+                return True
+            if not self._pending:
+                log.warning(
+                    "another transaction (a pg_dump? a long query?) keeps deleted rows of %s in its data files: "
+                    "retrying VACUUM FULL every %.1f s (/healthz: purge_pending)", self._where, PG_PURGE_RETRY_S,
+                )
+            self._pending = True
+            if not self._retrying:
+                self._retrying = True
+                threading.Thread(target=self._retry, name="facegate-pg-purge", daemon=True).start()
+            return False
+
+    def _retry(self) -> None:
+        while not self._closing.wait(PG_PURGE_RETRY_S):
+            with self._lock:
+                if not self._pending or self._closing.is_set():
+                    break
+                if self._vacuum(PURGE_WAIT_S):
+                    self._pending = False
+                    log.info("the pending purge of %s finished: no deleted row is left in its tables' files", self._where)
+                    break
+        with self._lock:
+            self._retrying = False
+
+    def close(self) -> None:
+        """Stop retrying (before the pool closes); a purge still pending is said in the log."""
+        self._closing.set()
+        if self._pending:
+            log.warning("closing with a purge pending: deleted rows stay in the data files of %s until the next "
+                        "VACUUM FULL (the next deletion, or run it yourself)", self._where)

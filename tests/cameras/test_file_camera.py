@@ -6,9 +6,7 @@ The person is enrolled through the server's /register; the server is then starte
 
 from __future__ import annotations
 
-import httpx
-
-from conftest import ServerProcess
+from conftest import ServerProcess, facegate
 from camkit import PERSON, door_video, enrol, events_of, ffmpeg, wait_for  # noqa: F401  (fixtures)
 
 
@@ -18,8 +16,7 @@ def test_file_camera_gives_one_event_per_person(tmp_path, lfw_dir, door_video):
     try:
         with first.client() as c:
             person_id = enrol(c, lfw_dir)
-            st = camera_list = c.get("/v1/cameras").json()
-            assert camera_list == {"cameras": []}
+            assert c.get("/v1/cameras").json() == {"cameras": []}
     finally:
         first.stop()
 
@@ -45,16 +42,28 @@ def test_file_camera_gives_one_event_per_person(tmp_path, lfw_dir, door_video):
             # unknown camera: a 404 with a JSON body
             r = c.get("/v1/cameras/nope/snapshot")
             assert r.status_code == 404 and r.json()["code"] == "camera_not_found"
-            # the event store has them too, when it exists (the events half of issue 21)
+            # the event store has them too (newest first), with the best shot's crop
             r = c.get("/v1/events", params={"camera": "door"})
-            if r.status_code == 200:
-                stored = r.json()
-                rows = stored.get("events", stored)
-                assert sorted(e["status"] for e in rows) == ["recognized", "unknown"]
+            assert r.status_code == 200, r.text
+            stored = r.json()["events"]
+            assert [(e["id"], e["status"]) for e in stored] == [(stranger["id"], "unknown"), (known["id"], "recognized")]
+            crop = c.get(f"/v1/events/{known['id']}/crop")
+            assert crop.status_code == 200 and crop.content[:2] == b"\xff\xd8"
+            log = server.read_log()
+            assert f"track {known['track_id']} recognized" in log
+        # With keys: a viewer key reads the cameras (the Cameras page), a client key may not, no key gets 401.
+        keys = {}
+        for role in ("viewer", "client"):
+            made = facegate("keys", "create", "--role", role, "--data", data)
+            assert made.returncode == 0, made.stderr
+            keys[role] = {"Authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+        with server.client() as c:
+            assert c.get("/v1/cameras").status_code == 401
+            assert c.get("/v1/cameras", headers=keys["viewer"]).json()["cameras"][0]["events"] == 2
+            assert c.get("/v1/cameras/door/snapshot", headers=keys["viewer"]).status_code == 200
+            assert c.get("/v1/cameras", headers=keys["client"]).status_code == 403
     finally:
         server.stop()
-    log = server.read_log()
-    assert "track" in log and "recognized" in log
 
 
 def test_camera_flag_needs_name_equals_url(tmp_path):
@@ -66,4 +75,3 @@ def test_camera_flag_needs_name_equals_url(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "NAME=URL" in proc.stdout + proc.stderr
-    _ = httpx  # the module's other test talks HTTP

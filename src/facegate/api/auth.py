@@ -35,6 +35,8 @@ CLIENT_ROUTES = frozenset(
 PUBLIC_PREFIX_EXCEPTIONS = ("/v1/", "/metrics")
 #: Reads of the event log (issue 21): a viewer key (or admin) reads them; a client key cannot.
 VIEWER_PREFIX = "/v1/events"
+#: The cameras' state and snapshots (issue 21, the Cameras page): a viewer key reads them too.
+CAMERAS_PREFIX = "/v1/cameras"
 UNLIMITED = frozenset({"/healthz"})
 #: A shared counter store (Redis) must answer within this, or the request goes on without its limits.
 STORAGE_TIMEOUT_S = 0.25
@@ -57,6 +59,8 @@ def required_role(method: str, path: str) -> str | None:
     if (method, path) in CLIENT_ROUTES:
         return "client"
     if method in ("GET", "HEAD") and (path == VIEWER_PREFIX or path.startswith(VIEWER_PREFIX + "/")):
+        return "viewer"
+    if method in ("GET", "HEAD") and (path == CAMERAS_PREFIX or path.startswith(CAMERAS_PREFIX + "/")):
         return "viewer"
     if method == "POST" and (path == "/v1/challenges" or _CHALLENGE_ANSWER.fullmatch(path)):
         return "client"

@@ -96,6 +96,7 @@ def vote(looks: list[Look], threshold: float) -> Verdict:
 
 @dataclass
 class Track:
+    #: Numbered from 1 per camera watch (the tracker's own ids may come back after a stream gap).
     id: int
     started_at: float
     last_seen: float
@@ -157,9 +158,9 @@ class Tracks:
                 continue  # not seen in this frame
             lf = located[det.data[1]]
             t = self.live.get(obj.id)
-            if t is None:
-                t = self.live[obj.id] = Track(obj.id, now, now)
+            if t is None:  # a new face, or one the tracker kept while no frame came (a stream gap): a new track
                 self.count += 1
+                t = self.live[obj.id] = Track(self.count, now, now)
             t.last_seen, t.frames = now, t.frames + 1
             if t.decided:
                 continue

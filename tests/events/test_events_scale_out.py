@@ -1,0 +1,39 @@
+"""Two `facegate serve` processes sharing one throwaway PostgreSQL: an event stored by either reaches
+both servers' live streams (LISTEN/NOTIFY carrying its seq) and both servers' event log."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import ServerProcess
+from test_events_api import SSEReader
+
+
+@pytest.fixture
+def two_servers(tmp_path, pg_database):
+    url = pg_database()
+    servers = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        servers.append(ServerProcess(d / "data", "--gallery", url).start())
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def test_every_servers_stream_carries_every_servers_events(two_servers):
+    a, b = two_servers
+    on_a, on_b = SSEReader(a.url + "/v1/events/stream", {}), SSEReader(b.url + "/v1/events/stream", {})
+    try:
+        with a.client() as ca, b.client() as cb:
+            from_a = ca.post("/v1/events/test", json={"camera": "gate-a"}).json()["id"]
+            from_b = cb.post("/v1/events/test", json={"camera": "gate-b"}).json()["id"]
+            for reader in (on_a, on_b):
+                got, _ = reader.events(2)
+                assert {e["id"] for e in got} == {from_a, from_b}
+            for c in (ca, cb):
+                assert {e["id"] for e in c.get("/v1/events").json()["events"]} == {from_a, from_b}
+    finally:
+        on_a.close()
+        on_b.close()

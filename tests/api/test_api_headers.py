@@ -27,7 +27,7 @@ EXPECTED = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer
 
 
 def assert_secured(r, mediapipe_page: bool = False) -> None:
-    """The headers; 'unsafe-eval' only on the pages that run MediaPipe (its Emscripten glue calls new Function)."""
+    """The headers; 'unsafe-eval' only on a page that runs a legacy MediaPipe build (its glue calls new Function)."""
     for name, value in EXPECTED.items():
         assert r.headers.get(name) == value, (r.request.url, r.status_code, name, r.headers.get(name))
     csp = r.headers.get("content-security-policy", "")
@@ -54,7 +54,7 @@ def test_every_kind_of_answer_carries_the_headers(enrolled):
             "register page": c.get("/register"),
             "gallery page": c.get("/gallery"),
             "static file": c.get("/web/static/app.css"),
-            "MediaPipe asset": c.get(f"{web.MEDIAPIPE_URL}/face_detection.js"),
+            "MediaPipe asset": c.get(f"{web.MEDIAPIPE_URL}/{web.MEDIAPIPE_ENTRY}"),
             "JSON": c.get("/healthz"),
             "listing": c.get("/v1/people"),
             "schema": c.get("/openapi.json"),
@@ -73,7 +73,7 @@ def test_every_kind_of_answer_carries_the_headers(enrolled):
         "403 foreign origin": 403, "400 foreign host": 400,
     }
     for kind, r in answers.items():
-        assert_secured(r, mediapipe_page=kind in ("page", "register page"))
+        assert_secured(r, mediapipe_page=r.request.url.path in headers.MEDIAPIPE_PAGES)
 
 
 def test_an_unhandled_error_500_carries_them_too():

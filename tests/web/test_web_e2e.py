@@ -231,7 +231,7 @@ def test_register_in_browser_then_live_page_names_her_and_a_stranger_is_unknown(
         b.close()
     assert not b.errors, b.errors
 
-    print("\nin-browser BlazeFace (MediaPipe web, headless Chromium, software WebGL, 2 cores), ms per frame:")
+    print("\nin-browser BlazeFace (MediaPipe Tasks, headless Chromium, 2 cores), ms per frame:")
     for where, s in figures.items():
         print(f"  {where}: mean {s['mean']:.1f}, median {s['median']:.1f} over {s['n']} frames")
 
@@ -254,10 +254,11 @@ def test_wheel_ships_the_web_app_and_mediapipe_assets(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for page in ("index.html", "register.html", "gallery.html", "common.js", "live.js", "register.js", "gallery.js", "app.css"):
         assert f"facegate/web/static/{page}" in names
-    mp = "facegate/web/node_modules/@mediapipe/face_detection/"
-    for asset in ("face_detection.js", "face_detection_short_range.tflite", "face_detection_short.binarypb",
-                  "face_detection_solution_simd_wasm_bin.wasm", "face_detection_solution_wasm_bin.wasm"):
+    mp = "facegate/web/node_modules/@mediapipe/tasks-vision/"
+    for asset in ("vision_bundle.mjs", "wasm/vision_wasm_internal.js", "wasm/vision_wasm_internal.wasm",
+                  "wasm/vision_wasm_nosimd_internal.js", "wasm/vision_wasm_nosimd_internal.wasm"):
         assert mp + asset in names, f"{asset} is not in the wheel"
+    assert not any("vision_wasm_module_internal" in n for n in names)  # the third build (13 MB) is not used
 
 
 def test_pages_and_a_clear_answer_when_the_assets_are_missing(monkeypatch, tmp_path):
@@ -272,15 +273,16 @@ def test_pages_and_a_clear_answer_when_the_assets_are_missing(monkeypatch, tmp_p
             r = http.get(path)
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
             assert '<script type="module"' in r.text
-        r = http.get("/web/mediapipe/face_detection_short_range.tflite")
+        r = http.get(web.BLAZEFACE_URL)  # from the mediapipe Python package
         assert r.status_code == 200 and len(r.content) > 100_000
+        assert http.get(f"{web.MEDIAPIPE_URL}/wasm/vision_wasm_internal.wasm").headers["content-type"] == "application/wasm"
         assert http.get("/web/static/../__init__.py").status_code == 404
 
     monkeypatch.setattr(web, "MEDIAPIPE_DIR", tmp_path / "not-installed")
     bare = FastAPI()
     web.mount(bare)
     with TestClient(bare) as http:
-        r = http.get("/web/mediapipe/face_detection.js")
+        r = http.get(f"{web.MEDIAPIPE_URL}/{web.MEDIAPIPE_ENTRY}")
         assert r.status_code == 404 and "npm ci" in r.json()["detail"]
         assert http.get("/").status_code == 200  # the page still loads, and shows the error it gets
 

@@ -4,8 +4,8 @@
 Every answer (pages, static files, JSON, errors, even an unhandled error's 500) carries:
 
 - ``Content-Security-Policy``: ``default-src 'self'`` plus only what FaceGate's pages need: WebAssembly
-  (``'wasm-unsafe-eval'``), and on the two pages that run MediaPipe's BlazeFace (``/``, ``/register``)
-  ``'unsafe-eval'``, which its Emscripten glue needs (``new Function``); photos shown are ``blob:``
+  (``'wasm-unsafe-eval'``: compiling the wasm of MediaPipe Tasks' BlazeFace, no JavaScript eval), and
+  ``'unsafe-eval'`` only on a page listed in ``MEDIAPIPE_PAGES``; photos shown are ``blob:``
   URLs and canvas snapshots ``data:`` images (as is the pages' empty icon); nothing inline, no plugin,
   no ``<base>``, forms post only here, and ``frame-ancestors 'none'`` (no framing: clickjacking).
 - ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, and ``X-Frame-Options: DENY``
@@ -42,11 +42,11 @@ CSP = (
     "form-action 'self'; "
     "frame-ancestors 'none'"
 )
-#: The pages that run MediaPipe's BlazeFace: its Emscripten glue (embind's ``createNamedFunction``)
-#: builds functions with ``new Function``, which only ``'unsafe-eval'`` allows ('wasm-unsafe-eval' is not
-#: enough: those pages say "Face detection unavailable"). Only these two documents get it; every script
-#: they run still comes from this server (no inline script, no other host).
-MEDIAPIPE_PAGES = frozenset({"/", "/register"})
+#: The pages that need ``'unsafe-eval'``: one that loads a legacy MediaPipe Solutions build (npm
+#: ``@mediapipe/face_detection`` and the like), whose Emscripten glue (embind's ``createNamedFunction``)
+#: builds functions with ``new Function``. BlazeFace now runs on MediaPipe Tasks (``web/static/detector.js``),
+#: whose glue needs only ``'wasm-unsafe-eval'``, so BlazeFace needs it on no page; every script still comes from this server.
+MEDIAPIPE_PAGES: frozenset[str] = frozenset()
 CSP_MEDIAPIPE = CSP.replace("'wasm-unsafe-eval'", "'unsafe-eval'")
 HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -23,17 +23,14 @@ from facegate.config import Settings
 from .common import ConfigOpt, DataOpt
 from .common import settings as _settings
 
-#: The MediaPipe web files the pages fetch (short-range model; the SIMD build and the plain one, which
-#: the loader picks between by the browser's support).
+#: The MediaPipe Tasks web files the pages fetch (the bundle; the SIMD build and the plain one, which
+#: the loader picks between by the browser's support). The model comes from the mediapipe Python package.
 WEB_ASSETS = (
-    "face_detection.js",
-    "face_detection_short.binarypb",
-    "face_detection_short_range.tflite",
-    "face_detection_solution_simd_wasm_bin.js",
-    "face_detection_solution_simd_wasm_bin.wasm",
-    "face_detection_solution_simd_wasm_bin.data",
-    "face_detection_solution_wasm_bin.js",
-    "face_detection_solution_wasm_bin.wasm",
+    "vision_bundle.mjs",
+    "wasm/vision_wasm_internal.js",
+    "wasm/vision_wasm_internal.wasm",
+    "wasm/vision_wasm_nosimd_internal.js",
+    "wasm/vision_wasm_nosimd_internal.wasm",
 )
 
 Status = Literal["ok", "FAIL", "warn", "info"]
@@ -107,6 +104,8 @@ def _web_assets(ctx: _Context) -> Check:
             f"{len(missing)} MediaPipe file(s) missing from {web.MEDIAPIPE_DIR} (e.g. {missing[0]}): the web pages cannot detect faces",
             "run `npm ci --prefix src/facegate/web`, then `pip install .` again",
         )
+    if web.blazeface_path() is None:
+        return Check("web assets", "FAIL", f"{web.BLAZEFACE_FILE} is missing from the mediapipe package", "pip install . again")
     return Check("web assets", "ok", f"the MediaPipe files are in {web.MEDIAPIPE_DIR}")
 
 

@@ -1,7 +1,6 @@
-// Shared by the pages: API calls (with the optional API key), BlazeFace in the browser, cropping, drawing.
-// Plain ES module, no build step. MediaPipe's face_detection.js is a classic script loaded from this server.
+// Shared by the pages: API calls (with the optional API key), cropping, drawing.
+// Plain ES module, no build step. BlazeFace itself is in detector.js.
 
-const MEDIAPIPE = "/web/mediapipe";
 const KEY_STORE = "facegate.apiKey";
 
 // ----------------------------------------------------------------------------------- settings
@@ -118,6 +117,8 @@ export const stats = {
   lastResult: null,
   lastError: null,
   faces: 0,
+  delegate: null, // "CPU" or "GPU": where detector.js runs BlazeFace; trial: its start-up timings
+  trial: null,
   get meanDetectMs() {
     const a = this.detectMs;
     return a.length ? a.reduce((s, v) => s + v, 0) / a.length : null;
@@ -128,68 +129,6 @@ export const stats = {
   },
 };
 window.facegate = { stats, ready: false };
-
-// ---------------------------------------------------------------------------------- detector
-function loadScript(src) {
-  return new Promise((resolve, reject) => {
-    const s = document.createElement("script");
-    s.src = src;
-    s.onload = resolve;
-    s.onerror = () => reject(new Error(`could not load ${src} from this server (were the MediaPipe assets installed with npm ci?)`));
-    document.head.appendChild(s);
-  });
-}
-
-/**
- * BlazeFace (MediaPipe's web build) running in this browser. Every file it needs (wasm, tflite,
- * graph) is fetched from this server through locateFile: nothing comes from a CDN.
- * detect(source) returns faces in the source's pixels: {box:[x1,y1,x2,y2], score, keypoints:[[x,y]x6], eyes}.
- */
-export async function createDetector({ model = "short", minConfidence = 0.5 } = {}) {
-  if (!window.FaceDetection) await loadScript(`${MEDIAPIPE}/face_detection.js`);
-  const fd = new window.FaceDetection({ locateFile: (file) => `${MEDIAPIPE}/${file}` });
-  fd.setOptions({ model, minDetectionConfidence: minConfidence, selfieMode: false });
-  let latest = null;
-  fd.onResults((r) => {
-    latest = r;
-  });
-  await fd.initialize();
-  let busy = Promise.resolve();
-
-  async function detectOnce(source) {
-    const w = source.videoWidth || source.naturalWidth || source.width;
-    const h = source.videoHeight || source.naturalHeight || source.height;
-    if (!w || !h) return [];
-    latest = null;
-    const t0 = performance.now();
-    await fd.send({ image: source });
-    const ms = performance.now() - t0;
-    stats.frames += 1;
-    stats.detectMs.push(ms);
-    if (stats.detectMs.length > 500) stats.detectMs.shift();
-    const dets = (latest && latest.detections) || [];
-    const faces = dets.map((d) => {
-      const b = d.boundingBox;
-      const box = [(b.xCenter - b.width / 2) * w, (b.yCenter - b.height / 2) * h, (b.xCenter + b.width / 2) * w, (b.yCenter + b.height / 2) * h];
-      const keypoints = (d.landmarks || []).map((p) => [p.x * w, p.y * h]);
-      const eyes = keypoints.slice(0, 2).sort((p, q) => p[0] - q[0]); // image-left eye first, as /predict expects
-      const score = Array.isArray(d.score) ? d.score[0] : d.score ?? null;
-      return { box, score, keypoints, eyes };
-    });
-    stats.faces = faces.length;
-    return faces;
-  }
-
-  return {
-    // One frame at a time: the graph is not re-entrant.
-    detect(source) {
-      const run = busy.then(() => detectOnce(source));
-      busy = run.catch(() => {});
-      return run;
-    },
-    close: () => fd.close(),
-  };
-}
 
 // ------------------------------------------------------------------------------- face helpers
 export const area = (f) => Math.max(0, f.box[2] - f.box[0]) * Math.max(0, f.box[3] - f.box[1]);
@@ -375,5 +314,6 @@ export function showMessage(el, text, kind = "info") {
 
 export function statsLine() {
   const m = stats.meanDetectMs;
-  return m === null ? "" : `BlazeFace in this browser: ${m.toFixed(1)} ms/frame (mean of ${stats.detectMs.length}), ${stats.frames} frames`;
+  const on = stats.delegate === "GPU" ? ", on WebGL" : stats.delegate === "CPU" ? ", on the CPU (WebAssembly)" : "";
+  return m === null ? "" : `BlazeFace in this browser: ${m.toFixed(1)} ms/frame (mean of ${stats.detectMs.length}), ${stats.frames} frames${on}`;
 }

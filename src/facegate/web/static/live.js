@@ -3,8 +3,9 @@
 // sees more than one request per interval); the answer is drawn over the face.
 // Photo mode: detect every face in a chosen photo and name each one.
 import {
-  api, bestFace, createDetector, describe, drawFaces, predictBody, setupSettings, showMessage, startCamera, stats, statsLine,
+  api, bestFace, describe, drawFaces, predictBody, setupSettings, showMessage, startCamera, stats, statsLine,
 } from "/web/static/common.js";
+import { createDetector } from "/web/static/detector.js";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");

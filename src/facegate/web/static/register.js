@@ -1,7 +1,8 @@
 // Register page: live guidance (face present, big enough, centred, lit), then 3 photos with a
 // visible countdown, sent to /register; the server's answer is shown, a rejected photo marked.
 // Or: photos uploaded from this device, enrolled through POST /v1/people.
-import { api, bestFace, createDetector, cropFace, drawFaces, meanLuma, setupSettings, showMessage, startCamera, statsLine } from "/web/static/common.js";
+import { api, bestFace, cropFace, drawFaces, meanLuma, setupSettings, showMessage, startCamera, statsLine } from "/web/static/common.js";
+import { createDetector } from "/web/static/detector.js";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");

@@ -31,6 +31,7 @@ STATIC_URL = "/web/static"
 MEDIAPIPE_URL = "/web/mediapipe"
 
 PAGES = {"/": "index.html", "/register": "register.html", "/gallery": "gallery.html"}
+PAGES["/events"] = "events.html"  # the event log, live (events.js; issue 21)
 
 router = APIRouter(include_in_schema=False)
 

@@ -300,7 +300,7 @@ def route_text(op: dict) -> str:
     return ROLE_NOTE.sub("", " ".join((op.get("description") or "").split())).strip()
 
 
-ROLE_WORDS = {None: "anyone (no key)", "client": "a client or admin key", "admin": "an admin key"}
+ROLE_WORDS = {None: "anyone (no key)", "client": "a client or admin key", "admin": "an admin key", "viewer": "a viewer or admin key"}
 
 
 def http_page() -> str:

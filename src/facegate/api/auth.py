@@ -248,7 +248,7 @@ def document(app) -> None:
         comps = schema.setdefault("components", {})
         comps.setdefault("securitySchemes", {}).update(
             {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `facegate keys create --role admin|client`."},
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key: `facegate keys create --role admin|client|viewer`."},
                 "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
             }
         )

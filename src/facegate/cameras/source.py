@@ -139,8 +139,9 @@ class FrameReader:
         if self.kind == "file" and not Path(self.url).is_file():
             raise FileNotFoundError(f"no such video file: {self.url}")
         with av.open(self.url, format=self.fmt, options=options, timeout=(OPEN_TIMEOUT_S, READ_TIMEOUT_S)) as container:
+            # FFmpeg's default (slice) threading: its frame threads ("AUTO") hung a reader at the end of a file in a
+            # server with two cameras, until a signal came (PyAV's callbacks and the interpreter lock, most likely).
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # frame threads: decoding keeps up with a live stream's rate
             self.connected = True
             self.last_error = None
             log.info("camera %s: connected to %s", self.name, mask_url(self.url))

@@ -30,7 +30,7 @@ BLAZEFACE_URL = "/web/models/" + BLAZEFACE_FILE
 STATIC_URL = "/web/static"
 MEDIAPIPE_URL = "/web/mediapipe"
 
-PAGES = {"/": "index.html", "/register": "register.html", "/gallery": "gallery.html"}
+PAGES = {"/": "index.html", "/register": "register.html", "/gallery": "gallery.html", "/cameras": "cameras.html"}
 PAGES["/events"] = "events.html"  # the event log, live (events.js; issue 21)
 
 router = APIRouter(include_in_schema=False)

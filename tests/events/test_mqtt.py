@@ -147,3 +147,77 @@ def test_a_clean_stop_says_offline_and_an_absent_broker_does_not_hold_up_events(
         assert sub.wait("facegate/status", lambda p: p == b"offline")[0] == b"offline"
     finally:
         sub.close()
+
+
+def _tls_files(d: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "FaceGate test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = d / "ca.pem", d / "server.pem", d / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return paths
+
+
+def test_mqtts_with_a_ca_file(tmp_path, start_server):
+    if not MOSQUITTO.exists():
+        pytest.skip("Debian's mosquitto is not installed (apt-get install mosquitto; .ci/run does)")
+    d = tmp_path / "tls"
+    d.mkdir()
+    ca, cert, key = _tls_files(d)
+    port = free_port()
+    (d / "mosquitto.conf").write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        f"persistence false\nuser {getpass.getuser()}\n"
+    )
+    proc = subprocess.Popen([str(MOSQUITTO), "-c", str(d / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        sub.tls_set(ca_certs=str(ca))
+        got: queue.Queue = queue.Queue()
+        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("facegate/#", qos=1)
+        sub.on_message = lambda c, u, m: got.put((m.topic, m.payload))
+        for _ in range(50):
+            try:
+                sub.connect("127.0.0.1", port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        sub.loop_start()
+        s = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtts://127.0.0.1:{port}", "FACEGATE_MQTT_CA_FILE": str(ca)})
+        with s.client() as c:
+            ev = c.post("/v1/events/test", json={"camera": "tls"}).json()
+        deadline = time.monotonic() + 30
+        while True:
+            topic, payload = got.get(timeout=max(0.01, deadline - time.monotonic()))
+            if topic == "facegate/tls/event":
+                assert json.loads(payload)["id"] == ev["id"]
+                break
+        sub.disconnect()
+        sub.loop_stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -17,21 +17,20 @@ latency. Bounded: about --seconds + 6 s a round + 10 s.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import start_server  # noqa: E402
-from load import _exchange, predict_body, tta_rate  # noqa: E402
+from httpload import client_process  # noqa: E402
+from load import predict_body, tta_rate  # noqa: E402
 
 
 def _key(data_dir: str, role: str, name: str) -> str:
@@ -41,56 +40,6 @@ def _key(data_dir: str, role: str, name: str) -> str:
         capture_output=True, text=True, env=env, timeout=120, check=True,
     )
     return r.stdout.strip()
-
-
-def _client_process(url: str, body: dict, key: str, source: str, polite: bool, clients: int, seconds: float, out) -> None:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    payload = json.dumps(body).encode()
-    request = (
-        f"POST /predict HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
-        f"Authorization: Bearer {key}\r\nContent-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-
-    async def main() -> dict:
-        lat: list[float] = []
-        codes: dict[int, int] = {}
-        errors = 0
-        stop = time.perf_counter() + seconds
-
-        async def one() -> None:
-            nonlocal errors
-            conn = None
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    if conn is None:
-                        conn = await asyncio.open_connection(u.hostname, u.port, local_addr=(source, 0))
-                    status, headers = await asyncio.wait_for(_exchange(*conn, request), 30)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-                    errors += 1
-                    if conn is not None:
-                        conn[1].close()
-                    conn = None
-                    await asyncio.sleep(0.01)
-                    continue
-                codes[status] = codes.get(status, 0) + 1
-                if headers.get(b"connection") == b"close":
-                    conn[1].close()
-                    conn = None
-                if status == 200:
-                    lat.append(time.perf_counter() - t0)
-                elif polite and status in (429, 503):
-                    await asyncio.sleep(float(headers.get(b"retry-after", b"1")))
-            if conn is not None:
-                conn[1].close()
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        return {"latencies": lat, "codes": codes, "errors": errors, "wall": time.perf_counter() - t0}
-
-    out.put(asyncio.run(main()))
 
 
 def model_best(tta, lane, threads: int, seconds: float = 1.5) -> float:
@@ -136,8 +85,10 @@ def main() -> int:
                 best = model_best(tta, lane, threads, 1.0)
                 qf, qp = ctx.Queue(), ctx.Queue()
                 span = args.seconds / args.rounds
-                pf = ctx.Process(target=_client_process, args=(url, body, flood_key, "127.0.0.2", False, args.clients, span, qf))
-                pp = ctx.Process(target=_client_process, args=(url, body, polite_key, "127.0.0.3", True, args.clients, span, qp))
+                flood_kw = {"key": flood_key, "source": "127.0.0.2", "honour": ()}  # resends at once, whatever the answer
+                polite_kw = {"key": polite_key, "source": "127.0.0.3", "honour": (429, 503)}  # waits Retry-After
+                pf = ctx.Process(target=client_process, args=(url, body, args.clients, span, qf, flood_kw))
+                pp = ctx.Process(target=client_process, args=(url, body, args.clients, span, qp, polite_kw))
                 pf.start()
                 pp.start()
                 flood, polite = qf.get(timeout=span + 60), qp.get(timeout=span + 60)

@@ -27,7 +27,6 @@ Writes JSON (--json) and a markdown table (--markdown).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import multiprocessing as mp
 import os
@@ -43,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lfw_http import start_server  # noqa: E402
+from httpload import client_process  # noqa: E402
 from report import write_report  # noqa: E402
 
 
@@ -149,80 +149,10 @@ def predict_body() -> dict:
     return predict_payload(img, face, file_name="bench.jpg", margin=0.25)
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, dict[bytes, bytes]]:
-    """One HTTP/1.1 request on a kept-alive connection: status and headers (the body is read and dropped)."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(b":") for ln in lines[1:] if ln)}
-    await reader.readexactly(int(headers.get(b"content-length", b"0")))
-    return status, headers
-
-
-def _load_process(url: str, body: dict, clients: int, seconds: float, out) -> None:
-    """Runs in its own process: `clients` concurrent loops posting /predict for `seconds`.
-
-    A bare asyncio HTTP/1.1 client sending one pre-built request: the generator shares this
-    machine's two cores with the server, so every millisecond it spends is taken from the server
-    (httpx, serialising the JSON body each time, cost 2.7 ms of CPU per request here; this 0.2). Its CPU share is reported."""
-    import resource
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    payload = json.dumps(body).encode()
-    request = (
-        f"POST /predict HTTP/1.1\r\nHost: {u.netloc}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
-    ).encode() + payload
-
-    async def main() -> dict:
-        lat: list[float] = []
-        codes: dict[int, int] = {}
-        errors = 0
-        stop = time.perf_counter() + seconds
-
-        async def one() -> None:
-            nonlocal errors
-            conn = None
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                try:
-                    if conn is None:
-                        conn = await asyncio.open_connection(u.hostname, u.port)
-                    status, headers = await asyncio.wait_for(_exchange(*conn, request), 30)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
-                    errors += 1
-                    if conn is not None:
-                        conn[1].close()
-                    conn = None
-                    continue
-                codes[status] = codes.get(status, 0) + 1
-                if headers.get(b"connection") == b"close":
-                    conn[1].close()
-                    conn = None
-                if status == 200:
-                    lat.append(time.perf_counter() - t0)
-                elif status == 503:  # a well-behaved client waits as told
-                    await asyncio.sleep(float(headers.get(b"retry-after", b"1")))
-            if conn is not None:
-                conn[1].close()
-
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(clients)))
-        wall = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        return {"latencies": lat, "codes": codes, "errors": errors, "wall": wall, "generator_cpu_s": cpu}
-
-    out.put(asyncio.run(main()))
-
-
 def _generate(url: str, body: dict, clients: int, seconds: float, server_pid: int | None) -> dict:
     """One stretch of load from the generator process: its raw result and the server's CPU seconds."""
     q: mp.Queue = mp.Queue()
-    p = mp.Process(target=_load_process, args=(url, body, clients, seconds, q))
+    p = mp.Process(target=client_process, args=(url, body, clients, seconds, q))
     cpu0 = process_cpu_s(server_pid) if server_pid else None
     p.start()
     res = q.get(timeout=seconds + 120)
@@ -359,6 +289,8 @@ def main() -> int:
     ap.add_argument("--serve-args", default="")
     ap.add_argument("--json", dest="json_out")
     ap.add_argument("--markdown")
+    ap.add_argument("--precision", choices=["float", "int8"], default="float", help="the model's arithmetic, served and alone")
+    ap.add_argument("--int8-from", type=Path, help="with --precision int8: a data directory whose models/int8 is copied (else built)")
     args = ap.parse_args()
 
     from facegate.config import Settings
@@ -366,8 +298,13 @@ def main() -> int:
 
     threads = Settings().inference_threads
     print("measuring the model alone ...", file=sys.stderr)
-    tta = FlipTTA(load_embedder("sface", threads=threads), "sum")  # loaded once, measured before every level
-    lane = FlipTTA(load_embedder("sface", threads=1), "sum")
+    models_dir = Path(tempfile.mkdtemp(prefix="facegate-load-")) / "models"  # --precision int8: its 8-bit copy
+    if args.precision == "int8" and args.int8_from:
+        import shutil
+
+        shutil.copytree(args.int8_from / "models" / "int8", models_dir / "int8")
+    tta = FlipTTA(load_embedder("sface", threads=threads, models_dir=models_dir, precision=args.precision), "sum")  # loaded once, measured before every level
+    lane = FlipTTA(load_embedder("sface", threads=1, models_dir=models_dir, precision=args.precision), "sum")
     model = model_limit(tta, lane, threads)
     body = predict_body()
     tmp = tempfile.TemporaryDirectory()
@@ -375,6 +312,11 @@ def main() -> int:
     # protection, 100/s by default) would measure themselves, not the server. Off for the server we start.
     os.environ.setdefault("FACEGATE_RATE_LIMIT_PER_IP", "")
     os.environ.setdefault("FACEGATE_RATE_LIMIT_PER_KEY", "")
+    if args.precision == "int8":  # the server uses the same 8-bit copy
+        import shutil
+
+        shutil.copytree(models_dir / "int8", Path(tmp.name) / "models" / "int8")
+        args.serve_args += " --precision int8"
     proc, url = (None, args.url) if args.url else start_server(tmp.name, shlex.split(args.serve_args))
     try:
         import httpx

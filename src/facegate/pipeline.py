@@ -12,6 +12,7 @@ from functools import partial
 
 import numpy as np
 
+from . import cancel
 from .vision.batching import MicroBatcher
 from .config import Settings
 from .vision.detect import BlazeFaceDetector, YuNetDetector
@@ -276,6 +277,7 @@ class Pipeline:
     def locate(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> LocatedFace:
         """The one face an image (a photo or a client's face crop) is about, aligned (``Locator.locate``)."""
         return self.locator.locate(image, eyes, field=field, crop=crop)
+        cancel.check("locate")  # each stage first checks the request's deadline (``cancel``): no work for no one
 
     def embed(self, aligned: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed_with_norm(aligned)[0]
@@ -285,8 +287,9 @@ class Pipeline:
         if not len(aligned):
             return np.zeros((0, self.embedder.dim), np.float32), np.zeros((0,), np.float32)
         batch = np.stack(aligned)
+        cancel.check("embed")
         if self.batcher is not None:
-            return self.batcher(batch, self.settings.request_timeout_s)
+            return self.batcher(batch, cancel.remaining(self.settings.request_timeout_s))
         return self.embedder.embed_with_norm(batch)
 
     # ------------------------------------------------------------------ quality
@@ -362,6 +365,7 @@ class Pipeline:
         worst: tuple[Neighbour, str] | None = None
         for vec, f in zip(vecs, fields):
             best: dict[int, Neighbour] = {}
+            cancel.check("search")
             for n in self.gallery.search(vec, max(self.settings.top_k, 5)):
                 if n.person_id not in best or n.similarity > best[n.person_id].similarity:
                     best[n.person_id] = n
@@ -411,6 +415,7 @@ class Pipeline:
                     )
         self._refuse_duplicates([v for _, v, _ in kept], [f for _, _, f in kept], None, allow_duplicate)
         person = self.gallery.add_person(name, self._new_faces(kept), self.embedder.model_id, self.settings.max_name_length)
+        cancel.check("store")  # a request that timed out stores nothing
         return Enrolment(person, tuple(dropped))
 
     def add_photos(
@@ -423,6 +428,7 @@ class Pipeline:
         self._require(kept, dropped, 1)
         self._refuse_duplicates([v for _, v, _ in kept], [f for _, _, f in kept], person_id, allow_duplicate)
         return Enrolment(self.gallery.add_faces(person_id, self._new_faces(kept), self.embedder.model_id), tuple(dropped))
+        cancel.check("store")
 
     def enroll(self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None, **kw) -> Person:
         """``enroll_photos``'s person."""
@@ -434,6 +440,7 @@ class Pipeline:
 
     def decide(self, embedding: np.ndarray) -> Decision:
         return rank(self.gallery.search(embedding, self.settings.top_k), self.threshold, self.settings.top_k)
+        cancel.check("search")
 
     def identify_face(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> Identification:
         """Who is the one face in this image (the reference ``/predict``: a client's face crop, ``crop=True``)."""
@@ -464,6 +471,7 @@ class Pipeline:
     def identify_all(self, image: np.ndarray) -> list[Identification]:
         """Every face in a photo, each with its identity (or "retry" when too poor to name)."""
         return self._passive(image, self._identify(self.locator.faces(image)))
+        cancel.check("locate")
 
     # ------------------------------------------------------------------ liveness
     def passive_check(self, image: np.ndarray, located: Sequence[LocatedFace]) -> list[Liveness]:

@@ -8,6 +8,7 @@ server (polite share, total, polite p99).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from facegate.api.limits import AdmissionMiddleware, FairGate, client_identity
 
@@ -113,5 +114,92 @@ def test_a_slow_upload_holds_no_model_slot():
         await asyncio.wait_for(gate(scope("10.0.0.2"), quick_receive, send), 1)
         assert served == ["whole"] and gate.gate.busy == 0
         slow.cancel()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------ gap (a): Retry-After ignored, turns beyond the budget
+def test_a_client_that_ignores_retry_after_gets_one_turn_in_four_while_polite_ones_wait():
+    """The flood bench's flooder and polite client behave alike until refused; then only the flooder resends at
+    once on the connection it was told to wait on. From then on it gets one turn in four, not one in two."""
+
+    async def run() -> list[str]:
+        gate = FairGate(slots=1, per_client=64)
+        now = time.monotonic()
+        gate.told("key:flood", "10.0.0.2:5000", now)  # refused with Retry-After: 1 ...
+        assert gate.arrival("key:flood", "10.0.0.2:5000", now + 0.01) is not None  # ... and resent at once
+        assert gate.arrival("key:polite", "10.0.0.3:6000", now) is None and gate.impolite("key:flood")
+        gate.told("key:polite", "10.0.0.3:6000", now)
+        assert gate.arrival("key:polite", "10.0.0.3:6000", now + 1.5) is None  # waited as told: still polite
+        assert not gate.impolite("key:polite")
+        served: list[str] = []
+        assert await gate.acquire("key:polite")  # holds the slot while both queue
+        waits = [asyncio.create_task(gate.acquire(w)) for w in ["key:flood", "key:polite"] * 12]
+        await asyncio.sleep(0)
+        for _ in range(16):
+            gate.release()
+            await asyncio.sleep(0)
+            done = [t for t in waits if t.done() and not hasattr(t, "seen")]
+            for t in done:
+                t.seen = True
+                served.append("flood" if waits.index(t) % 2 == 0 else "polite")
+        for t in waits:
+            t.cancel()
+        return served
+
+    served = asyncio.run(run())
+    assert len(served) == 16 and served.count("flood") == 4, served  # one turn in four (never none)
+
+
+def test_a_turn_further_away_than_the_latency_budget_is_refused():
+    async def run() -> None:
+        gate = FairGate(slots=1, per_client=64, budget_s=1.0)
+        assert gate.refusal("a") is None  # an idle gate takes anything
+        assert await gate.acquire("a")
+        gate.observe_hold(0.4)  # a request holds the slot 0.4 s
+        waits = [asyncio.create_task(gate.acquire("a")) for _ in range(2)]
+        await asyncio.sleep(0)
+        # a's third waiting request: 2 ahead of it and the one running, 1.2 s > 1.0 s
+        assert "budget" in gate.refusal("a")
+        assert gate.refusal("b") is None  # another client's first waits one turn of a's: 0.8 s
+        for t in waits:
+            t.cancel()
+
+    asyncio.run(run())
+
+
+def test_a_connection_that_ignores_retry_after_is_answered_only_when_it_is_up():
+    """The refusal of a request resent at once is held until the Retry-After it ignored has passed, so a
+    flooding connection costs one cheap refusal a second instead of thousands."""
+    from types import SimpleNamespace
+
+    async def app(scope, receive, send) -> None:  # never reached: every request here is refused
+        raise AssertionError("admitted")
+
+    mw = AdmissionMiddleware(app, slots=1, per_client=1)
+    owner = SimpleNamespace(state=SimpleNamespace())
+    scope = {"type": "http", "method": "POST", "path": "/predict", "client": ("10.0.0.2", 5000), "app": owner}
+    sent: list[int] = []
+
+    async def send(msg) -> None:
+        if msg["type"] == "http.response.start":
+            sent.append(msg["status"])
+
+    async def receive():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def run() -> None:
+        gate = mw.gate
+        assert await gate.acquire("addr:other")  # the one slot is busy ...
+        blocker = asyncio.create_task(gate.acquire("addr:10.0.0.2"))  # ... and this client's one place taken
+        await asyncio.sleep(0)
+        await mw(scope, receive, send)  # refused at once: queue full, told Retry-After: 1
+        assert sent == [503] and not gate.impolite("addr:10.0.0.2")
+        resent = asyncio.create_task(mw(scope, receive, send))  # resent at once on the same connection
+        await asyncio.sleep(0.3)
+        assert sent == [503] and gate.impolite("addr:10.0.0.2")  # held, not yet answered
+        await asyncio.wait_for(resent, 5)
+        assert sent == [503, 503]
+        blocker.cancel()
 
     asyncio.run(run())

@@ -94,6 +94,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         AdmissionMiddleware,
         slots=settings.admission_slots if settings.admission_slots >= 0 else 2 * settings.inference_threads,
         per_client=settings.admission_queue_per_client,
+        budget_s=settings.latency_budget_s,  # no turn further away than the latency budget (503 + Retry-After)
     )  # turns per key (address when keys are off): inside auth, which names the key
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     limits = RateLimits(

@@ -8,6 +8,7 @@ from typing import Annotated, TypeVar
 import anyio
 from fastapi import Depends, Path, Request
 
+from facegate import cancel
 from facegate.errors import BusyError, DeadlineError
 from facegate.pipeline import Pipeline
 from .metrics import Metrics
@@ -68,8 +69,12 @@ class Worker:
         self.pending += 1
         if self.metrics:
             self.metrics.inflight.inc()
+        def started():
+            cancel.check("start")  # it waited for a thread past its request's deadline: never starts
+            return fn(*args)
+
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            return await anyio.to_thread.run_sync(started, limiter=self.limiter)
         except (BusyError, DeadlineError) as exc:
             if self.metrics:
                 self.metrics.rejected.labels(exc.code).inc()

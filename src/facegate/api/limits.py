@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import OrderedDict, deque
 
 import anyio
@@ -12,6 +13,7 @@ import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from facegate import cancel
 from facegate.vision.imageio import PixelPool, RequestPixels, request_pixels
 
 
@@ -100,20 +102,95 @@ class FairGate:
     """At most ``slots`` model requests in progress; the others wait in one queue per client, served in turn.
 
     A client (an API key, or an address when keys are off) flooding the model routes then gets the same turns as a
-    polite one instead of the refusals' share: its extra requests wait in its own queue (at most ``per_client``,
-    beyond which they are refused at once), and each freed slot goes to the next client in round-robin order
-    (issue 19, finding 11).
+    polite one instead of the refusals' share: its extra requests wait in its own queue, and each freed slot goes to
+    the next client in round-robin order (issue 19, finding 11). A request is refused at once (503 + Retry-After)
+    when its client already has ``per_client`` waiting, or when the turns ahead of it would take longer than
+    ``budget_s`` (the latency budget also covers the wait for a turn).
+
+    A connection that sends again before the Retry-After it was given has passed marks its client *impolite* for
+    ``penalty_s``: an impolite client gets one turn in ``impolite_every`` while polite ones wait (never none), and
+    its refusals are answered only once the Retry-After it ignored has passed, so that refusing it costs nothing
+    and its connections cannot resend faster than told.
     """
 
-    def __init__(self, slots: int, per_client: int) -> None:
+    def __init__(
+        self, slots: int, per_client: int, budget_s: float = 0.0, penalty_s: float = 10.0, impolite_every: int = 4
+    ) -> None:
         self.slots = max(1, slots)
         self.per_client = max(1, per_client)
+        self.budget_s = budget_s
+        self.penalty_s = penalty_s
+        self.impolite_every = max(2, impolite_every)
         self.busy = 0
         self.queues: OrderedDict[str, deque[asyncio.Future]] = OrderedDict()
+        #: Moving average of how long a request holds a slot (seconds; 0 until the first one ends).
+        self.hold_s = 0.0
+        #: (client, connection) -> until when it was told to wait (monotonic seconds).
+        self._told: dict[tuple[str, str], float] = {}
+        #: client -> until when it is impolite.
+        self._impolite: dict[str, float] = {}
+        self._grants = 0
 
     def full(self, who: str) -> bool:
         q = self.queues.get(who)
         return q is not None and len(q) >= self.per_client
+
+    def impolite(self, who: str, now: float | None = None) -> bool:
+        until = self._impolite.get(who)
+        if until is None:
+            return False
+        if until > (time.monotonic() if now is None else now):
+            return True
+        del self._impolite[who]
+        return False
+
+    def arrival(self, who: str, conn: str, now: float) -> float | None:
+        """A request arrives on ``conn``: if that connection was told to wait until later, the client is marked
+        impolite and that time is returned (else None)."""
+        until = self._told.pop((who, conn), None)
+        if until is None or now >= until:
+            return None
+        self._impolite[who] = now + self.penalty_s
+        return until
+
+    def told(self, who: str, conn: str, now: float, retry_after_s: float = 1.0) -> None:
+        """``conn`` was answered Retry-After: ``retry_after_s``."""
+        if len(self._told) > 10_000:  # forget the expired ones (connections that went away)
+            self._told = {k: t for k, t in self._told.items() if t > now}
+        self._told[(who, conn)] = now + retry_after_s
+
+    def observe_hold(self, seconds: float) -> None:
+        self.hold_s = seconds if self.hold_s == 0.0 else 0.8 * self.hold_s + 0.2 * seconds
+
+    def expected_wait(self, who: str, now: float | None = None) -> float:
+        """Seconds a new request of ``who`` would wait for its turn, at the measured pace."""
+        if self.busy < self.slots and not self.queues:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        mine = len(self.queues.get(who, ()))
+        rude = self.impolite(who, now)
+        ahead = mine
+        for other, q in self.queues.items():
+            if other == who:
+                continue
+            other_rude = self.impolite(other, now)
+            if rude and not other_rude:
+                ahead += len(q)  # polite clients go first
+            elif other_rude and not rude:
+                ahead += min(len(q), mine // (self.impolite_every - 1) + 1)
+            else:
+                ahead += min(len(q), mine + 1)  # round-robin: one turn each
+        return (ahead + 1) * self.hold_s / self.slots
+
+    def refusal(self, who: str) -> str | None:
+        """Why a new request of ``who`` is refused now, or None."""
+        if self.full(who):
+            return f"this client already has {self.per_client} requests waiting; retry shortly"
+        if self.budget_s > 0 and self.hold_s > 0:
+            wait = self.expected_wait(who)
+            if wait > self.budget_s:
+                return f"the server is at capacity (about {wait:.1f} s of turns ahead, budget {self.budget_s:.1f} s); retry shortly"
+        return None
 
     async def acquire(self, who: str) -> bool:
         """True once a slot is held (``release`` it); False at once when ``who``'s queue is full."""
@@ -139,9 +216,27 @@ class FairGate:
             raise
         return True
 
+    def _next(self) -> str:
+        """Whose turn it is: the first polite client in round-robin order, except that every
+        ``impolite_every``-th turn goes to an impolite one (if any waits)."""
+        now = time.monotonic()
+        first_polite = first_rude = None
+        for who in self.queues:
+            if self.impolite(who, now):
+                first_rude = first_rude or who
+            else:
+                first_polite = first_polite or who
+            if first_polite and first_rude:
+                break
+        self._grants += 1
+        if first_polite and first_rude:
+            return first_rude if self._grants % self.impolite_every == 0 else first_polite
+        return first_polite or first_rude
+
     def release(self) -> None:
         while self.queues:
-            who, q = next(iter(self.queues.items()))
+            who = self._next()
+            q = self.queues[who]
             fut = q.popleft()
             if q:
                 self.queues.move_to_end(who)  # its next request waits for the other clients' turns
@@ -167,20 +262,32 @@ class AdmissionMiddleware:
 
     Refusing after parsing megabytes of base64 would spend the CPU the model needs. Model requests take turns
     per client through a ``FairGate`` (``slots`` 0: off), once their body is received (a slow upload holds no
-    slot); a client whose queue is full is refused before its body is read.
+    slot); a client whose queue is full, or whose turn is further away than ``budget_s``, is refused before its
+    body is read, and a connection that ignored its Retry-After gets its next refusal only when that time is up.
     """
 
-    def __init__(self, app: ASGIApp, slots: int = 0, per_client: int = 32) -> None:
+    def __init__(self, app: ASGIApp, slots: int = 0, per_client: int = 32, budget_s: float = 0.0) -> None:
         self.app = app
-        self.gate = FairGate(slots, per_client) if slots > 0 else None
+        self.gate = FairGate(slots, per_client, budget_s) if slots > 0 else None
+
+    async def _refuse(self, send: Send, who: str, conn: str, why: str, ignored_until: float | None) -> None:
+        gate = self.gate
+        if ignored_until is not None:  # answered when the Retry-After it ignored is up: costs nothing meanwhile
+            await asyncio.sleep(min(5.0, max(0.0, ignored_until - time.monotonic())))
+        gate.told(who, conn, time.monotonic())
+        await send_error(send, 503, "busy", why)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in MODEL_ROUTES:
-            if self.gate is not None:
+            gate = self.gate
+            if gate is not None:
                 who = client_identity(scope)
-                full = f"this client already has {self.gate.per_client} requests waiting; retry shortly"
-                if self.gate.full(who):  # before the body is read
-                    await send_error(send, 503, "busy", full)
+                client = scope.get("client")
+                conn = f"{client[0]}:{client[1]}" if client else ""
+                ignored_until = gate.arrival(who, conn, time.monotonic())
+                why = gate.refusal(who)
+                if why is not None:  # before the body is read
+                    await self._refuse(send, who, conn, why, ignored_until)
                     return
                 # The body is received before the turn is taken: a slow upload must not hold a model slot
                 # (4 slow bodies would stall every client). Its time is bounded by TimeoutMiddleware (408).
@@ -192,30 +299,39 @@ class AdmissionMiddleware:
                         break
                 if messages[-1]["type"] == "http.disconnect":
                     return
-                if not await self.gate.acquire(who):
-                    await send_error(send, 503, "busy", full)
+                if not await gate.acquire(who):
+                    await self._refuse(send, who, conn, f"this client already has {gate.per_client} requests waiting; retry shortly", None)
                     return
                 buffered = iter(messages)
 
                 async def replay() -> Message:
                     return next(buffered, None) or await receive()
 
+                t0 = time.monotonic()
                 try:
-                    await self._admit(scope, replay, send)
+                    if not await self._admit(scope, replay, send):
+                        gate.told(who, conn, time.monotonic())
                 finally:
-                    self.gate.release()
+                    gate.release()
+                    gate.observe_hold(time.monotonic() - t0)
                 return
             await self._admit(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
-    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Run the request unless the worker refuses it (503: False)."""
         worker = getattr(scope["app"].state, "worker", None)
         refusal = worker.admission_error() if worker is not None else None
         if refusal is not None:
             await send_error(send, 503, refusal.code, refusal.message)
-            return
+            return False
         await self.app(scope, receive, send)
+        return True
+
+
+#: Answers that stream for as long as the client listens (Server-Sent Events): no request timeout.
+LONG_LIVED = frozenset({"/v1/events/stream"})
 
 
 #: Answers that stream for as long as the client listens (Server-Sent Events): no request timeout.
@@ -226,8 +342,9 @@ class TimeoutMiddleware:
     """No request is held longer than ``timeout_s``: a client too slow to send its body gets 408,
     a request the server could not answer in time gets 503 + Retry-After.
 
-    (Model work already has its own deadline in the batcher; this bounds everything else, such as a
-    client trickling its upload to hold a connection.)
+    The request's work in worker threads gets the same deadline (``facegate.cancel``): the pipeline
+    checks it between stages, so work no one waits for any more stops at the next stage, frees its
+    thread and stores nothing (issue 19, finding 5).
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
@@ -251,8 +368,14 @@ class TimeoutMiddleware:
                 body_done = True
             return msg
 
-        with anyio.move_on_after(self.timeout_s) as scope_:
-            await self.app(scope, tracking_receive, sent)
+        deadline = cancel.Deadline(self.timeout_s)
+        token = cancel.current.set(deadline)  # worker threads run in a copy of this context
+        try:
+            with anyio.move_on_after(self.timeout_s) as scope_:
+                await self.app(scope, tracking_receive, sent)
+        finally:
+            deadline.cancel()  # whatever still runs for this request stops at its next stage
+            cancel.current.reset(token)
         if scope_.cancelled_caught and not sent.started:
             if body_done:
                 status, code = 503, "timeout"

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 import pytest
-from test_web_e2e import Browser, needs_chromium, write_y4m
+from test_web_e2e import CHROMIUM, FLAGS, Browser, needs_chromium, write_y4m
 
 from facegate import web
 from facegate.api import headers
@@ -57,9 +57,11 @@ def test_the_server_serves_the_model_from_the_mediapipe_package(server):
         assert r.status_code == 200
         assert hashlib.sha256(r.content).digest() == hashlib.sha256(web.blazeface_path().read_bytes()).digest()
         assert http.get(f"{web.MEDIAPIPE_URL}/{web.MEDIAPIPE_ENTRY}").headers["content-type"].startswith("text/javascript")
-        for page in ("/", "/register", "/gallery"):  # no page needs JavaScript eval any more
+        for page in ("/", "/register", "/gallery"):  # BlazeFace needs WebAssembly, no JavaScript eval
             csp = http.get(page).headers["content-security-policy"]
-            assert "'wasm-unsafe-eval'" in csp and ("'unsafe-eval'" in csp) == (page in headers.MEDIAPIPE_PAGES), csp
+            legacy = page in headers.MEDIAPIPE_PAGES  # a page that also runs a legacy MediaPipe build
+            assert ("'unsafe-eval'" in csp) == legacy and (legacy or "'wasm-unsafe-eval'" in csp), csp
+        assert "/register" not in headers.MEDIAPIPE_PAGES
     # Only the pinned version is used, and the legacy build is gone from the dependencies.
     deps = json.loads((web.HERE / "package.json").read_text())["dependencies"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", deps["@mediapipe/tasks-vision"])
@@ -129,6 +131,16 @@ def test_live_and_register_pages_detect_on_tasks_and_show_their_figure(server, t
         figures["register (cpu)"] = (text, None)
         assert reg.evaluate("() => window.__csp") == []
         reg.context.close()
+
+        # Live page on WebGL by the URL setting (what a browser with a fast GPU keeps): same answer.
+        gpu = b.page(**LAPTOP)
+        gpu.goto(server.url + "/?delegate=gpu")
+        gpu.wait_for_function("() => facegate.stats.predictions >= 1 && facegate.stats.detectMs.length >= 5")
+        assert gpu.evaluate("() => facegate.stats.lastResult.user_name") == NAME
+        text = gpu.inner_text("#stats")
+        assert FIGURE.fullmatch(text) and "on WebGL" in text, text
+        figures["live (gpu)"] = (text, None)
+        gpu.context.close()
     finally:
         b.close()
     own = [u for u in b.requests if not u.startswith(("data:", "blob:"))]
@@ -140,3 +152,31 @@ def test_live_and_register_pages_detect_on_tasks_and_show_their_figure(server, t
     print("\nBlazeFace in headless Chromium (MediaPipe Tasks, fake 640x480 camera):")
     for where, (text, trial) in figures.items():
         print(f"  {where}: {text}" + (f"; start-up trial medians: {trial}" if trial else ""))
+
+
+@needs_chromium
+def test_without_webgl_the_pages_say_so(server, tmp_path, astronaut_frame):
+    """MediaPipe Tasks passes each frame to its graph as a WebGL texture, on the CPU delegate too: in a
+    browser with WebGL turned off the pages say what is missing instead of failing on every frame."""
+    from playwright.sync_api import sync_playwright
+
+    y4m = write_y4m(tmp_path / "cam.y4m", [astronaut_frame] * 2)
+    off = ["--disable-webgl", "--disable-webgl2", "--disable-software-rasterizer"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=[*FLAGS, *off, f"--use-file-for-fake-video-capture={y4m}"]
+        )
+        try:
+            page = browser.new_page(**LAPTOP)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(60_000)
+            page.goto(server.url + "/")
+            page.wait_for_function("() => document.querySelector('#result').textContent === 'Face detection unavailable'")
+            assert "needs WebGL" in page.inner_text("#message")
+            page.goto(server.url + "/register")
+            page.wait_for_function("() => document.querySelector('#guidance').textContent.startsWith('Camera or face detection unavailable')")
+            assert "needs WebGL" in page.inner_text("#message")
+        finally:
+            browser.close()
+    assert not errors, errors

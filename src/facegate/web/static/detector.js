@@ -27,6 +27,11 @@ async function make(fileset, delegate, minConfidence) {
   });
 }
 
+function webglAvailable() {
+  const canvas = typeof OffscreenCanvas !== "undefined" ? new OffscreenCanvas(1, 1) : document.createElement("canvas");
+  return Boolean(canvas.getContext("webgl2") || canvas.getContext("webgl"));
+}
+
 const isVideo = (s) => typeof HTMLVideoElement !== "undefined" && s instanceof HTMLVideoElement;
 
 /**
@@ -36,6 +41,10 @@ const isVideo = (s) => typeof HTMLVideoElement !== "undefined" && s instanceof H
  * one is kept (stats.delegate, stats.trial); the per-frame figure then counts the kept one only.
  */
 export async function createDetector({ minConfidence = 0.5 } = {}) {
+  if (!webglAvailable()) {
+    // MediaPipe Tasks hands every frame to its graph as a WebGL texture, on the CPU delegate too.
+    throw new Error("face detection needs WebGL, which this browser has turned off (check its settings or GPU blocklist); photos can still be uploaded on the register page");
+  }
   const fileset = await FilesetResolver.forVisionTasks(WASM);
   const wanted = wantedDelegate();
   const first = wanted === "GPU" ? "GPU" : "CPU";

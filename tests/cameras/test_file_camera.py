@@ -6,7 +6,7 @@ The person is enrolled through the server's /register; the server is then starte
 
 from __future__ import annotations
 
-from conftest import ServerProcess, facegate
+from conftest import ServerProcess, facegate, said
 from camkit import PERSON, door_video, enrol, events_of, ffmpeg, wait_for  # noqa: F401  (fixtures)
 
 
@@ -75,3 +75,8 @@ def test_camera_flag_needs_name_equals_url(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "NAME=URL" in proc.stdout + proc.stderr
+    twice = ["--camera", "a=rtsp://u:s3cret@h/x", "--camera", "a=rtsp://u:s3cret@h/y"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "serve", "--data", str(tmp_path), *twice], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and "given twice" in said(proc) and "s3cret" not in said(proc)

@@ -135,3 +135,41 @@ def test_tracks_decide_once_per_face(pipeline, lfw_dir):
     assert tracks2.step(img, faces[:1], t) == []
     ended = tracks2.step(blank, [], t + 1.5)
     assert len(ended) == 1 and ended[0].reason == "ended" and ended[0].track.frames == 1
+
+
+def test_mjpeg_over_http_is_read_live_and_its_end_is_a_disconnection(tmp_path, ffmpeg):
+    """An http MJPEG stream (multipart/x-mixed-replace) served by ffmpeg itself (-listen 1), as cheap
+    IP cameras do: read at its own 10 fps; when the sender stops, disconnected with the error."""
+    import subprocess
+
+    from conftest import free_port
+
+    video = tmp_path / "clip.mp4"
+    subprocess.run(
+        [ffmpeg, "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-t", "4",
+         "-c:v", "libx264", "-pix_fmt", "yuv420p", str(video)],
+        check=True, timeout=60,
+    )
+    port = free_port()
+    sender = subprocess.Popen(
+        [ffmpeg, "-loglevel", "error", "-re", "-i", str(video), "-c:v", "mjpeg", "-q:v", "5", "-f", "mpjpeg",
+         "-listen", "1", f"http://127.0.0.1:{port}/video.mjpg"],
+    )
+    reader = FrameReader(f"http://cam:pa55@127.0.0.1:{port}/video.mjpg", reconnect_max_s=1.0, name="m").start()
+    try:
+        deadline = time.monotonic() + 10
+        while reader.frames_in < 20 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert reader.frames_in >= 20 and reader.connected and 7 <= reader.fps_in <= 13
+        assert reader.kind == "http" and reader.latest().rgb().shape == (240, 320, 3)
+        sender.wait(15)  # the clip ends: the sender closes the connection
+        deadline = time.monotonic() + 5
+        while reader.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not reader.connected and not reader.ended and reader.last_error
+        assert "pa55" not in reader.last_error
+    finally:
+        reader.stop()
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()

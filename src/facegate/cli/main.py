@@ -164,6 +164,9 @@ def _cameras(given: list[str] | None) -> list[dict] | None:
         if not eq or not name.strip() or not url.strip():
             console.print(f"[red]error:[/red] --camera wants NAME=URL, not {escape(item)!r}")
             raise typer.Exit(2)
+        if any(c["name"] == name.strip() for c in out):  # said here: pydantic's message would show the URLs, passwords and all
+            console.print(f"[red]error:[/red] --camera {escape(name.strip())} is given twice; camera names must be unique")
+            raise typer.Exit(2)
         out.append({"name": name.strip(), "url": url.strip()})
     return out
 

@@ -60,24 +60,6 @@ class AccessRule(BaseModel):
         return v
 
 
-class CameraConfig(BaseModel):
-    """One camera the server watches (``[[cameras]]`` in the settings file, or ``serve --camera NAME=URL``)."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # a URL may hold a password
-
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Unique name: in events, the API and MQTT topics.")
-    url: str = Field(
-        min_length=1,
-        repr=False,  # may hold a password; answers and logs show it masked
-        description="rtsp://user:pass@host/path, http(s):// MJPEG, a V4L2 device (/dev/video0) or a video file (played once, at its own rate).",
-    )
-    fps: float = Field(5.0, gt=0.0, le=30.0, description="Frames analysed per second (the newest frame each time; never behind live).")
-    identify: int = Field(3, ge=1, le=20, description="Identifications per track before it is decided (it is decided at its end if that comes first).")
-    track_lost_s: float = Field(1.0, gt=0.0, le=30.0, description="A track not seen for this long has ended.")
-    reconnect_max_s: float = Field(30.0, ge=0.5, le=600.0, description="Longest wait between reconnection attempts (backoff doubles from 0.5 s).")
-    format: str | None = Field(None, description="FFmpeg input format when it cannot be guessed (e.g. 'mpjpeg', 'v4l2').")
-
-
 class Settings(BaseSettings):
     """Every tunable of FaceGate. Defaults are the measured ones (see README, "Accuracy")."""
 

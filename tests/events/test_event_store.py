@@ -180,3 +180,59 @@ def test_access_rules_decide_per_camera_person_and_time():
     for bad in ("mon-fri", "funday 07:00-08:00", "mon 19:00-07:00", "mon 07:00-25:00"):
         with pytest.raises(ValueError):
             parse_window(bad)
+
+
+def test_encrypting_a_gallery_in_place_seals_its_events(tmp_path):
+    from facegate.gallery.sqlite import Gallery
+
+    g = Gallery(tmp_path / "data", "test-model", DIM)
+    ada = g.add_person("Ada Lovelace", [_face(1)], "test-model")
+    hub = EventHub(events_for(g))
+    hub.publish(_event(status="recognized", person_id=ada.id, name="Ada Lovelace", crop=CROP))
+    hub.publish(_event(crop=CROP))
+    hub.store.add_webhook("http://127.0.0.1:9/x", "s3cret-webhook-key-123", [], [], [])
+    assert hub.flush()
+    hub.close()
+    assert any(b"EVENTCROP" in f.read_bytes() for f in (tmp_path / "data").iterdir())  # plain until sealed
+    key = new_key()
+    g.seal_existing(key)  # `facegate gallery encrypt`
+    g.close()
+    for f in (tmp_path / "data").iterdir():
+        data = f.read_bytes()
+        assert b"Ada Lovelace" not in data and b"EVENTCROP" not in data and b"s3cret-webhook" not in data, f.name
+    g = Gallery(tmp_path / "data", "test-model", DIM, encryption_key=key)
+    store = events_for(g, key)
+    try:
+        rows = store.list()
+        assert sorted(str(r.event.name) for r in rows) == ["Ada Lovelace", "None"]
+        assert all(store.crop(r.event.id) == CROP for r in rows)
+        assert store.webhooks()[0].secret == "s3cret-webhook-key-123"
+    finally:
+        store.close()
+        g.close()
+
+
+def test_events_stored_before_a_key_are_sealed_when_one_is_set(tmp_path):
+    from facegate.gallery.sqlite import Gallery
+
+    g = Gallery(tmp_path / "data", "test-model", DIM)  # nobody enrolled yet: a key may be set on it
+    hub = EventHub(events_for(g))
+    hub.publish(_event(crop=CROP))
+    assert hub.flush()
+    hub.close()
+    g.close()
+    key = new_key()
+    g = Gallery(tmp_path / "data", "test-model", DIM, encryption_key=key)
+    store = events_for(g, key)
+    try:
+        assert store.crop(store.list()[0].event.id) == CROP
+        store.add_webhook("http://127.0.0.1:9/x", "another-secret-0123456", [], [], [])
+    finally:
+        store.close()
+    store = events_for(g, key)  # opened again: nothing sealed twice
+    try:
+        assert store.crop(store.list()[0].event.id) == CROP and store.webhooks()[0].secret == "another-secret-0123456"
+    finally:
+        store.close()
+        g.close()
+    assert not any(b"EVENTCROP" in f.read_bytes() for f in (tmp_path / "data").iterdir())

@@ -129,7 +129,7 @@ def test_roles_test_event_decision_crop_and_deletion(keyed, other_face):
         assert r.status_code == 404 and r.json()["code"] == "event_not_found"
         assert c.get("/v1/events/0123456789abcdef0123456789abcdef/crop", headers=h["viewer"]).json()["code"] == "event_not_found"
         assert c.get("/v1/events/bad%20id!", headers=h["viewer"]).status_code == 422
-        for bad in ({"camera": "door", "status": "bogus"}, {"camera": "../x"}, {"person_id": 0}, {"extra": 1}):
+        for bad in ({"camera": "door", "status": "bogus"}, {"camera": "../x"}, {"person_id": 0}, {"extra": 1}, {"status": "recognized"}):
             r = c.post("/v1/events/test", json=bad, headers=h["admin"])
             assert r.status_code == 422 and "code" in r.json(), (bad, r.text)
         r = c.post("/v1/events/test", json={"status": "recognized", "person_id": 999999}, headers=h["admin"])

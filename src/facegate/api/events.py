@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from facegate.errors import EventNotFoundError
 from facegate.events.hub import event_json
@@ -60,6 +60,12 @@ class TestEventIn(BaseModel):
     camera: str = Field("test", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     status: Literal["recognized", "unknown", "spoof"] = "unknown"
     person_id: int | None = Field(None, ge=1, le=2**63 - 1, description="For `recognized`: an enrolled person (their first stored crop goes with it).")
+
+    @model_validator(mode="after")
+    def _named(self) -> TestEventIn:
+        if self.status == "recognized" and self.person_id is None:
+            raise ValueError("a recognized test event needs person_id (an enrolled person)")
+        return self
 
 
 def _events(request: Request):
@@ -143,7 +149,7 @@ async def test_event(body: TestEventIn, request: Request, pipeline: PipelineDep)
             return p.name, (crops[0] if crops else None)
 
         name, crop = await anyio.to_thread.run_sync(person)
-    status = "recognized" if body.person_id is not None and body.status == "recognized" else body.status
+    status = body.status
     now = time.time()
     ev = Event(
         camera=body.camera, started_at=now, decided_at=now, status=status,

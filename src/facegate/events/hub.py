@@ -14,7 +14,6 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -241,7 +240,7 @@ class EventHub:
         self.store.close()
 
     # ------------------------------------------------------------------ metrics
-    def collector(self) -> Callable[[], Any]:
+    def collector(self) -> Any:
         """A prometheus collector of the hub's counts (registered on the app's registry)."""
         hub = self
 

@@ -10,6 +10,7 @@ never waits on (nor holds up) the gallery's lock that searches take.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -23,6 +24,8 @@ from typing import Any
 from facegate.events.model import Event
 from facegate.security.encryption import Sealer
 from .schema import connect
+
+log = logging.getLogger(__name__)
 
 #: Delivery log rows kept per webhook (the oldest go first).
 DELIVERIES_KEEP = 500
@@ -108,6 +111,27 @@ class Delivery:
     status_code: int | None
     error: str | None
     duration_ms: float
+
+
+def seal_event_rows(cur: sqlite3.Cursor, sealer: Sealer) -> int:
+    """Seal the event log's names and crops and the webhooks' secrets stored in the clear, in the
+    caller's transaction (``facegate gallery encrypt``, or the first open with a key); the rows sealed.
+    Marked in ``meta`` so that it happens once."""
+    if not sealer.active or cur.execute("SELECT 1 FROM meta WHERE key = 'events' AND value = 'sealed'").fetchone():
+        return 0
+    n = 0
+    if cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+        for seq, name, crop in cur.execute("SELECT seq, name, crop FROM events").fetchall():
+            cur.execute(
+                "UPDATE events SET name = ?, crop = ? WHERE seq = ?",
+                (None if name is None else sealer.seal_text(name), sealer.seal(crop), seq),
+            )
+            n += 1
+        for hook, secret in cur.execute("SELECT id, secret FROM webhooks").fetchall():
+            cur.execute("UPDATE webhooks SET secret = ? WHERE id = ?", (sealer.seal_text(secret), hook))
+            n += 1
+    cur.execute("INSERT OR REPLACE INTO meta VALUES ('events', 'sealed')")
+    return n
 
 
 class EventSQL:
@@ -293,6 +317,14 @@ class SqliteEventStore(EventSQL):
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     cur.execute(stmt)
+            # events stored before the gallery had a key (sealed in place by `facegate gallery encrypt`, or here)
+            sealed = seal_event_rows(cur, self._sealer)
+        if sealed:
+            log.info("sealed %d event rows and webhook secrets stored before the gallery was encrypted", sealed)
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("VACUUM")  # no plain page left behind
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:

@@ -35,23 +35,28 @@ def photos(lfw: Path, person: str) -> list[Path]:
     return sorted((lfw / person).glob("*.jpg"))
 
 
-def make_video(path: Path, segments: list[tuple[Path | None, float]], fps: int = VIDEO_FPS) -> Path:
+def make_video(path: Path, segments: list[tuple[Path | None, float]], fps: int = VIDEO_FPS, *, whole: bool = False) -> Path:
     """An H.264 MP4: each segment shows a photo (enlarged 1.2x, drifting slowly sideways, as someone
-    walking up to a door) or an empty grey scene (None) for its seconds."""
+    walking up to a door) or an empty grey scene (None) for its seconds. ``whole``: each photo fills
+    the frame, unscaled and still (all photos of one size), as a camera close to a face sees it."""
     frames = path.parent / f"{path.stem}-frames"
     frames.mkdir(exist_ok=True)
     n = 0
+    photos_in = [Image.open(p).convert("RGB") for p, _ in segments if p is not None]
+    size = photos_in[0].size if whole else SIZE
     for photo, seconds in segments:
-        face = Image.open(photo).convert("RGB").resize((300, 300)) if photo is not None else None
+        face = Image.open(photo).convert("RGB") if photo is not None else None
+        if face is not None and not whole:
+            face = face.resize((300, 300))
         for i in range(int(round(seconds * fps))):
-            canvas = Image.new("RGB", SIZE, (118, 121, 125))
+            canvas = Image.new("RGB", size, (118, 121, 125))
             if face is not None:
-                canvas.paste(face, (120 + 3 * i, 90))
+                canvas.paste(face, (0, 0) if whole else (120 + 3 * i, 90))
             canvas.save(frames / f"f{n:05d}.png")
             n += 1
     subprocess.run(
         [FFMPEG, "-loglevel", "error", "-y", "-framerate", str(fps), "-i", str(frames / "f%05d.png"),
-         "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", str(fps), str(path)],
+         "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-g", str(fps), str(path)],
         check=True, timeout=120,
     )
     shutil.rmtree(frames)

@@ -43,6 +43,10 @@ def test_cameras_page_shows_each_camera_with_its_snapshot_and_state(tmp_path, do
             assert "pw@" not in page.content()
             expect(page.locator("#summary")).to_contain_text("2 camera(s)")
             assert not errors, errors
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True)
+            phone.goto(server.url + "/cameras")
+            expect(phone.locator("li[data-camera='door']")).to_have_attribute("data-state", "ended", timeout=15000)
+            assert phone.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), "the page scrolls sideways on a phone"
             browser.close()
     finally:
         server.stop()

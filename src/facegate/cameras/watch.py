@@ -94,7 +94,7 @@ class CameraWatcher:
 
     @property
     def fps_analysed(self) -> float:
-        w = self._window
+        w = list(self._window)  # a copy: the analyser thread trims it meanwhile
         return (len(w) - 1) / max(1e-6, w[-1] - w[0]) if len(w) > 1 else 0.0
 
     def status(self) -> dict:

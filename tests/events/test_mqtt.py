@@ -33,22 +33,36 @@ def broker(tmp_path):
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {d / 'passwd'}\npersistence false\n"
         f"user {getpass.getuser()}\nlog_dest stdout\n"
     )
-    log = open(d / "broker.log", "wb")
-    proc = subprocess.Popen([str(MOSQUITTO), "-c", str(d / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        probe.username_pw_set("gate", "s3cret-pw")
-        try:
-            probe.connect("127.0.0.1", port)
-            probe.disconnect()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+    b = Broker(d, port)
+    yield b
+    b.stop()
+
+
+class Broker:
+    """mosquitto on ``port`` with the config in ``d``; restartable on the same port."""
+
+    def __init__(self, d: Path, port: int) -> None:
+        self.d, self.port = d, port
+        self.start()
+
+    def start(self) -> None:
+        self.log = open(self.d / "broker.log", "ab")
+        self.proc = subprocess.Popen([str(MOSQUITTO), "-c", str(self.d / "mosquitto.conf")], stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+            probe.username_pw_set("gate", "s3cret-pw")
+            try:
+                probe.connect("127.0.0.1", self.port)
+                probe.disconnect()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
 
 
 class Subscriber:
@@ -89,12 +103,12 @@ class Subscriber:
 
 
 def test_events_state_discovery_and_last_will(broker, start_server, other_face):
-    bad = Subscriber(broker, password="wrong")
+    bad = Subscriber(broker.port, password="wrong")
     assert bad.refused.get(timeout=10) is True  # the broker wants the password
     bad.close()
-    sub = Subscriber(broker)
+    sub = Subscriber(broker.port)
     assert sub.refused.get(timeout=10) is False
-    s = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker}"})
+    s = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker.port}"})
     try:
         assert sub.wait("facegate/status", lambda p: p == b"online")
         with s.client() as c:
@@ -113,7 +127,7 @@ def test_events_state_discovery_and_last_will(broker, start_server, other_face):
         sub.close()
 
         # a newcomer (Home Assistant starting later) gets the retained state, discovery and status at once
-        late = Subscriber(broker)
+        late = Subscriber(broker.port)
         state, retained = late.wait("facegate/door/state")
         assert retained and json.loads(state)["last_event_id"] == ev["id"]
         assert late.wait("homeassistant/sensor/facegate_door/config")[1] is True
@@ -139,8 +153,8 @@ def test_a_clean_stop_says_offline_and_an_absent_broker_does_not_hold_up_events(
             time.sleep(0.05)
         assert c.get(f"/v1/events/{ev['id']}").status_code == 200  # stored, although MQTT is unreachable
     s.stop()
-    s2 = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker}"})
-    sub = Subscriber(broker, topics=("facegate/status",))
+    s2 = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker.port}"})
+    sub = Subscriber(broker.port, topics=("facegate/status",))
     try:
         assert sub.wait("facegate/status", lambda p: p == b"online")
         s2.stop()
@@ -221,3 +235,25 @@ def test_mqtts_with_a_ca_file(tmp_path, start_server):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_reconnects_after_the_broker_restarts(broker, start_server):
+    s = start_server(None, env={"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker.port}"})
+    with s.client() as c:
+        first = Subscriber(broker.port)
+        c.post("/v1/events/test", json={"camera": "door"})
+        assert first.wait("facegate/door/state")
+        first.close()
+        broker.stop()  # persistence off: the broker forgets every retained message
+        ev = c.post("/v1/events/test", json={"camera": "door"}).json()  # while the broker is away
+        broker.start()
+        sub = Subscriber(broker.port)
+        try:
+            # back by itself: status, discovery and the camera's state are retained again, and the event
+            # published while the broker was away arrives
+            assert sub.wait("facegate/status", lambda p: p == b"online", timeout=60)
+            assert sub.wait("homeassistant/sensor/facegate_door/config", timeout=30)
+            assert json.loads(sub.wait("facegate/door/event", lambda p: json.loads(p)["id"] == ev["id"], timeout=30)[0])["id"] == ev["id"]
+            assert json.loads(sub.wait("facegate/door/state", timeout=30)[0])["last_event_id"] == ev["id"]
+        finally:
+            sub.close()

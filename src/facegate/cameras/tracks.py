@@ -20,7 +20,8 @@ from facegate.vision.locate import LocatedFace
 
 #: Analysed frames between two identifications of one track: each takes the best face seen since the last.
 IDENTIFY_GAP = 2
-#: Identifications of one track at most, usable or not (poor faces are answered "retry" and not counted).
+#: A track with some usable identifications is decided after this many tries per identification wanted
+#: (poor faces are answered "retry" and do not count).
 MAX_TRIES_PER_DECISION = 3
 
 IdentifyFn = Callable[[np.ndarray, LocatedFace], Identification]
@@ -170,7 +171,9 @@ class Tracks:
             t.since_look += 1
             if not t.looks or t.since_look >= IDENTIFY_GAP:
                 self._look(t)
-            if t.usable >= self.per_track or t.tries >= self.per_track * MAX_TRIES_PER_DECISION:
+            # Decided at its identifications; or, after many poor faces, on the usable ones it has. A face
+            # never good enough is looked at again (it may come closer) and gives no event if it never is.
+            if t.usable >= self.per_track or (t.usable and t.tries >= self.per_track * MAX_TRIES_PER_DECISION):
                 out.append(self._decide(t, "identified", now))
         return out + self.expire(now)
 

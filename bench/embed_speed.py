@@ -6,10 +6,13 @@ IResNet is built with random weights, saved as an AdaFace-style checkpoint and i
 import makes. Every model runs through ``facegate.vision.embed.load_embedder`` (onnxruntime, CPU,
 intra_op_num_threads=--threads, inter_op 1, the server's path, no flip TTA) at batch 1 and 16;
 the unmodified SFace file (fixed batch 1) also runs at batch 1 in a plain onnxruntime session.
+``--int8``: also SFace at ``precision = "int8"`` (its 8-bit copy, taken from --data DIR's models/int8 or
+built there), timed in the same rounds as the float one; ``--threads 1`` gives faces/s per core.
 Warm-up runs first, then --runs rounds that time every model and batch size in turn (so a burst of
 load elsewhere hits all alike); a figure is the median call time / batch (the minimum is in the JSON).
 
     python bench/embed_speed.py [--runs 20] [--warmup 3] [--threads 2] [--json out.json]
+    python bench/embed_speed.py --threads 1 --archs "" --int8 --data DIR   # float vs int8, per core
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--archs", default="ir18,ir50,ir101")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--int8", action="store_true", help="also SFace at precision int8")
+    ap.add_argument("--data", type=Path, help="with --int8: data directory holding (or to build) models/int8/sface.onnx")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -100,9 +105,13 @@ def main() -> int:
             name, extra = export_random(arch, Path(tmp))
             print(f"exported {arch} (random weights) in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
             models.append((name, f"adaface {arch}", extra, Path(tmp) / "models"))
+        if args.int8:
+            int8_dir = (args.data or Path(tmp)) / "models"
+            models.insert(1, ("sface", "sface int8 (load_embedder)", {}, int8_dir))
         for name, label, extra, models_dir in models:
-            emb = load_embedder(name, threads=args.threads, models_dir=models_dir)
-            size = (models_dir / f"{name}.onnx") if models_dir else sface_file
+            precision = "int8" if "int8" in label else "float"
+            emb = load_embedder(name, threads=args.threads, models_dir=models_dir, precision=precision)
+            size = (models_dir / ("int8" if precision == "int8" else "") / f"{name}.onnx") if models_dir else sface_file
             rows.append({"model": label, "dim": emb.dim, "onnx_mb": round(size.stat().st_size / 2**20, 1), **extra})
             for b in BATCHES:
                 cases[(len(rows) - 1, b)] = lambda emb=emb, b=b: emb.raw(crops[:b])
@@ -117,14 +126,17 @@ def main() -> int:
         f"{ort.__version__}, intra_op_num_threads={args.threads}; {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'model':26} {'dim':>4} {'params':>7} {'ONNX MB':>8} {'batch 1':>9} {'batch 16':>9} {'x SFace (b16)':>14}")
+    print(f"{'model':26} {'dim':>4} {'params':>7} {'ONNX MB':>8} {'batch 1':>9} {'batch 16':>9} {'x SFace (b16)':>14} {'faces/s/core (b16)':>19}")
     for r in rows:
         ms = r["ms_per_face"]
         b1 = f"{ms['1']:.2f}"
         b16 = f"{ms['16']:.2f}" if "16" in ms else "-"
-        ratio = f"{ms['16'] / base['16']:.1f}" if "16" in ms else "-"
+        ratio = f"{ms['16'] / base['16']:.2f}" if "16" in ms else "-"
         params = f"{r['params_m']}M" if "params_m" in r else "-"
-        print(f"{r['model']:26} {r['dim']:>4} {params:>7} {r['onnx_mb']:>8} {b1:>9} {b16:>9} {ratio:>14}")
+        if "16" in ms:
+            r["faces_per_s_per_core"] = 1000 / ms["16"] / args.threads
+        per_core = f"{r['faces_per_s_per_core']:.0f}" if "16" in ms else "-"
+        print(f"{r['model']:26} {r['dim']:>4} {params:>7} {r['onnx_mb']:>8} {b1:>9} {b16:>9} {ratio:>14} {per_core:>19}")
 
     if args.json_out:
         out = {

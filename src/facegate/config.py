@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     tta: TTAMode = Field(
         "sum", description="Flip test-time augmentation: none, concat, sum, or normsum (AdaFace's norm-weighted sum)."
     )
+    precision: Literal["float", "int8"] = Field(
+        "float",
+        description="The model's arithmetic: float, or int8 (an 8-bit copy built from the float model on first use "
+        "and kept in <data_dir>/models/int8; faster on CPUs with VNNI; a gallery made at one precision needs "
+        "`facegate gallery reembed --precision ...` for the other). See docs/performance.md.",
+    )
     keep_crops: bool = Field(
         True, description="Store each enrolled face's aligned 112x112 crop (JPEG), needed to re-embed with a new model."
     )

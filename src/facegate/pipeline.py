@@ -237,7 +237,7 @@ class Pipeline:
         if liveness is None and passive:
             raise LivenessUnavailableError(f"liveness = {settings.liveness!r}: {NO_MODEL}")
         embedder = FlipTTA(
-            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane=batching),
+            load_embedder(settings.model, threads=settings.inference_threads, models_dir=settings.models_dir, lane=batching, precision=settings.precision),
             settings.tta,
         )
         detector = BlazeFaceDetector(

@@ -88,7 +88,7 @@ def _embedder(ctx: _Context) -> Check:
     from facegate.vision.embed import FlipTTA, load_embedder
 
     s = ctx.settings
-    emb = FlipTTA(load_embedder(s.model, threads=1, models_dir=s.models_dir), s.tta)
+    emb = FlipTTA(load_embedder(s.model, threads=1, models_dir=s.models_dir, precision=s.precision), s.tta)
     ctx.model_id = emb.model_id
     return Check(f"model {s.model}", "ok", f"loads ({emb.model_id}, {emb.dim}-d)")
 

@@ -78,6 +78,7 @@ def serve(
     detector: Annotated[Optional[str], typer.Option(help="BlazeFace model: short or full.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Embedding model: sface, or an imported one (see `facegate models list`).")] = None,
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA: none, concat, sum or normsum.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="The model's arithmetic: float or int8 (built on first use).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Cosine similarity threshold.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Server processes sharing the gallery (default 1).")] = None,
     tunnel: Annotated[Optional[str], typer.Option(help="Expose through a tunnel: ngrok (needs pyngrok and API keys).")] = None,
@@ -106,6 +107,7 @@ def serve(
         detector=detector,
         model=model,
         tta=tta,
+        precision=precision,
         threshold=threshold,
         workers=workers,
         gallery=gallery,
@@ -391,6 +393,10 @@ def models_import(
     arch: Annotated[str, typer.Option(help="Backbone of the checkpoint: ir18, ir50 or ir101.")],
     name: Annotated[Optional[str], typer.Option(help="Model name (default adaface-ARCH).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an imported model of the same name.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also build its 8-bit copy (precision = \"int8\").")] = False,
+    calibration: Annotated[
+        Optional[Path], typer.Option(help="With --int8: a folder of face photos to calibrate on (default: photos shipped with FaceGate's packages).")
+    ] = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -404,6 +410,9 @@ def models_import(
     if not checkpoint.is_file():
         console.print(f"[red]error:[/red] {escape(str(checkpoint))} is not a file")
         raise typer.Exit(2)
+    if calibration is not None and not int8:
+        fail("--calibration goes with --int8", 2)
+    photos = _calibration_photos(calibration)
     try:
         card = import_checkpoint(checkpoint, arch, s.models_dir, name, overwrite=force)
     except FaceGateError as exc:
@@ -414,6 +423,52 @@ def models_import(
         f"ONNX vs PyTorch max abs difference {card['max_abs_diff']:.2e}"
     )
     console.print(f"serve it with: facegate serve --model {escape(card['name'])} --tta normsum")
+    if int8:
+        _quantize(s, card["name"], photos, calibration)
+
+
+def _calibration_photos(folder: Optional[Path]) -> Optional[list[Path]]:
+    """The photos in ``--calibration DIR`` (None: the bundled ones); exits 2 on a folder without any."""
+    if folder is None:
+        return None
+    from facegate.vision.quantize import photos_in
+
+    if not folder.is_dir():
+        fail(f"{folder} is not a folder", 2)
+    photos = photos_in(folder)
+    if not photos:
+        fail(f"no photos (.jpg, .png, ...) in {folder}", 2)
+    return photos
+
+
+def _quantize(s, name: str, photos: Optional[list[Path]], folder: Optional[Path]) -> None:
+    from facegate.vision.embed import build_int8_model
+
+    console.print(f"building the int8 copy of {escape(name)} (a minute or so)")
+    try:
+        card = build_int8_model(name, s.models_dir, photos=photos, calibration=str(folder) if folder else None, threads=s.inference_threads)
+    except FaceGateError as exc:
+        fail(exc.message)
+    cos = card["cosine_to_float"]
+    console.print(
+        f"int8 {escape(name)}: calibrated on {card['calibration_faces']} faces ({card['calibration_misses']} photos without one); "
+        f"cosine to the float model median {cos['median']:.4f}, least {cos['min']:.4f}"
+    )
+    console.print("use it with precision = \"int8\" (FACEGATE_PRECISION=int8); a gallery moves with `facegate gallery reembed --precision int8`")
+
+
+@models_app.command("quantize")
+def models_quantize(
+    name: Annotated[str, typer.Argument(help="A bundled model (sface) or an imported one.")] = "sface",
+    calibration: Annotated[
+        Optional[Path], typer.Option(help="A folder of face photos to calibrate on (default: photos shipped with FaceGate's packages).")
+    ] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """(Re)build a model's 8-bit copy for precision = "int8" (otherwise built on first use)."""
+    s = _settings(config, data_dir=data)
+    _quantize(s, name, _calibration_photos(calibration), calibration)
 
 
 @models_app.command("import-liveness")
@@ -464,20 +519,21 @@ def models_list(data: DataOpt = None, config: ConfigOpt = None) -> None:
 def gallery_reembed(
     model: Annotated[str, typer.Option(help="The model to re-compute every face with.")],
     tta: Annotated[Optional[str], typer.Option(help="Flip TTA for the new vectors: none, concat, sum or normsum.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="The model's arithmetic for the new vectors: float or int8.")] = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Re-compute every enrolled face with another model, from the stored crops, in one transaction."""
+    """Re-compute every enrolled face with another model (or precision), from the stored crops, in one transaction."""
     from facegate.vision.embed import FlipTTA, load_embedder
     from facegate.pipeline import reembed_gallery
 
-    s = _settings(config, data_dir=data, model=model, tta=tta)
+    s = _settings(config, data_dir=data, model=model, tta=tta, precision=precision)
     gallery = _gallery(s)
     if gallery is None:
         console.print(f"[red]error:[/red] no gallery in {escape(describe(s))}")
         raise typer.Exit(1)
     try:
-        embedder = FlipTTA(load_embedder(s.model, threads=s.inference_threads, models_dir=s.models_dir), s.tta)
+        embedder = FlipTTA(load_embedder(s.model, threads=s.inference_threads, models_dir=s.models_dir, precision=s.precision), s.tta)
         if embedder.model_id == gallery.model_id:
             console.print(f"the gallery is already made with {escape(embedder.model_id)}; nothing to do")
             return
@@ -491,7 +547,7 @@ def gallery_reembed(
     finally:
         gallery.close()
     console.print(f"re-embedded {n} faces: {escape(old)} -> {escape(embedder.model_id)}")
-    console.print(f"serve with: facegate serve --model {escape(s.model)} --tta {s.tta}")
+    console.print(f"serve with: facegate serve --model {escape(s.model)} --tta {s.tta}" + (f" (precision = {s.precision!r})" if s.precision != "float" else ""))
 
 
 from .eval import calibrate_command, eval_command  # noqa: E402  (accuracy commands live in cli.eval)

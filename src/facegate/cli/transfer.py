@@ -129,7 +129,7 @@ def _active_model(settings: Settings) -> tuple[str, int]:
     """The model id and dimension a server with these settings serves with (its model loaded once)."""
     from facegate.vision.embed import FlipTTA, load_embedder
 
-    emb = FlipTTA(load_embedder(settings.model, threads=1, models_dir=settings.models_dir), settings.tta)
+    emb = FlipTTA(load_embedder(settings.model, threads=1, models_dir=settings.models_dir, precision=settings.precision), settings.tta)
     return emb.model_id, emb.dim
 
 

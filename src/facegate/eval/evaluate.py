@@ -312,6 +312,9 @@ class Evaluation:
             raise ValueError(f"unknown degradation {degradation!r}; known: {', '.join(DEGRADATIONS)}")
         data_dir = Path(self._tmp.name) / f"run{len(list(Path(self._tmp.name).iterdir()))}"
         settings = variant.settings(self.base, data_dir)
+        if self.base.models_dir.is_dir():  # imported models and int8 copies (built once) are found, not rebuilt
+            data_dir.mkdir(parents=True)
+            (data_dir / "models").symlink_to(self.base.models_dir.resolve(), target_is_directory=True)
         label = variant.name + (f" / {degradation}" if degradation else "")
         pipe = Pipeline.from_settings(settings)
         try:

@@ -313,22 +313,73 @@ def imported_models(models_dir: Path | None) -> dict[str, dict]:
     return out
 
 
-def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | None = None, lane: bool = False) -> OnnxEmbedder:
-    """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads."""
+#: Numeric precisions a model runs at (the ``precision`` setting): "int8" is derived from the float model.
+PRECISIONS = ("float", "int8")
+
+
+def load_embedder(
+    name: str = "sface",
+    *,
+    threads: int = 2,
+    models_dir: Path | None = None,
+    lane: bool = False,
+    precision: str = "float",
+) -> OnnxEmbedder:
+    """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads.
+
+    ``precision = "int8"``: its 8-bit copy in ``models_dir/int8``, built there from the float model on
+    first use (``facegate.vision.quantize``; about a minute). Its ``model_id`` ends in ``-int8``: a gallery
+    made at one precision refuses the other until ``facegate gallery reembed``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    data, source_sha, kw = _float_model(name, models_dir)
+    if precision == "float":
+        return OnnxEmbedder(data, threads=threads, lane=lane, **kw)
+    if models_dir is None:
+        raise ModelUnavailableError("precision = 'int8' needs a data directory to keep the 8-bit model in")
+    from . import quantize
+
+    found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
+    if found is None:
+        import logging
+
+        logging.getLogger(__name__).warning("building the int8 copy of %s in %s (once)", kw["name"], models_dir)
+        build_int8_model(name, Path(models_dir), threads=threads)
+        found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
+        assert found is not None
+    kw["version"] = f"{kw['version']}-int8"
+    return OnnxEmbedder(found[0], threads=threads, lane=lane, **kw)
+
+
+def build_int8_model(
+    name: str, models_dir: Path, *, photos: list[Path] | None = None, calibration: str | None = None, threads: int = 2
+) -> dict:
+    """(Re)build the int8 copy of model ``name`` in ``models_dir/int8``, calibrated on the faces in ``photos``
+    (default: photos shipped by FaceGate's dependencies, see ``facegate.vision.quantize``); its card."""
+    from . import quantize
+
+    data, source_sha, kw = _float_model(name, models_dir)
+    return quantize.build_int8(
+        OnnxEmbedder(data, threads=threads, **kw), data, Path(models_dir), source_sha256=source_sha, photos=photos, calibration=calibration
+    )
+
+
+def _float_model(name: str, models_dir: Path | None) -> tuple[bytes, str, dict]:
+    """The runnable float model of ``name`` (bytes), the sha256 of its file, and ``OnnxEmbedder``'s other arguments."""
     spec = BUNDLED.get(name)
     if spec is not None:
-        return OnnxEmbedder(
-            batchable_onnx(model_path(spec)),
+        path = model_path(spec)
+        kw = dict(
             name=spec.name,
             version=spec.version,
             default_threshold=spec.default_threshold,
             channel_order=spec.channel_order,
             mean=spec.mean,
             std=spec.std,
-            threads=threads,
             family=spec.name,
-            lane=lane,
         )
+        return batchable_onnx(path), hashlib.sha256(path.read_bytes()).hexdigest(), kw
     # Liveness models (`facegate models import-liveness`) share the folder; they embed nothing.
     cards = {n: c for n, c in imported_models(models_dir).items() if c.get("task", "embedding") == "embedding"}
     card = cards.get(name) if MODEL_NAME.fullmatch(name) else None
@@ -341,19 +392,18 @@ def load_embedder(name: str = "sface", *, threads: int = 2, models_dir: Path | N
     pre = card.get("preprocessing", {})
     onnx_path = Path(models_dir) / f"{name}.onnx"
     data = onnx_path.read_bytes()
-    if card.get("onnx_sha256") and hashlib.sha256(data).hexdigest() != card["onnx_sha256"]:
+    sha = hashlib.sha256(data).hexdigest()
+    if card.get("onnx_sha256") and sha != card["onnx_sha256"]:
         raise ModelUnavailableError(f"model file {onnx_path} does not match its card (sha256): re-import it")
     threshold = card.get("default_threshold")
-    return OnnxEmbedder(
-        fast_onnx(data),
+    kw = dict(
         name=name,
-        version=str(card.get("onnx_sha256", hashlib.sha256(data).hexdigest()))[:12],
+        version=str(card.get("onnx_sha256", sha))[:12],
         default_threshold=float(threshold) if threshold is not None else ADAFACE_DEFAULT_THRESHOLD,
         input_size=int(card.get("input_size", 112)),
         channel_order=pre.get("channel_order", "BGR"),
         mean=float(pre.get("mean", 127.5)),
         std=float(pre.get("std", 127.5)),
-        threads=threads,
         family=card.get("family", ""),
-        lane=lane,
     )
+    return fast_onnx(data), sha, kw

@@ -7,6 +7,8 @@ from fastapi.responses import Response
 
 from pydantic import BaseModel, Field
 
+from .schemas import ErrorBody
+
 
 class CameraOut(BaseModel):
     name: str
@@ -50,7 +52,11 @@ async def cameras(request: Request) -> CameraList:
 @router.get(
     "/cameras/{name}/snapshot",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}, "description": "The newest frame, JPEG."}},
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "The newest frame, JPEG."},
+        404: {"model": ErrorBody, "description": "No camera has that name."},
+        503: {"model": ErrorBody, "description": "No frame yet, or another server watches the camera."},
+    },
 )
 async def snapshot(request: Request, name: str = CameraName) -> Response:
     """The camera's newest frame as JPEG (503 before its first frame, or when another server watches it)."""

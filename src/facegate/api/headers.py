@@ -47,6 +47,9 @@ CSP = (
 #: builds functions with ``new Function``. BlazeFace now runs on MediaPipe Tasks (``web/static/detector.js``),
 #: whose glue needs only ``'wasm-unsafe-eval'``, so BlazeFace needs it on no page; every script still comes from this server.
 MEDIAPIPE_PAGES: frozenset[str] = frozenset()
+#: The live page runs the active liveness challenge's face mesh (npm ``@mediapipe/face_mesh``, a legacy
+#: Solutions build, ``web/static/challenge.js``): with 'wasm-unsafe-eval' alone it throws EvalError.
+MEDIAPIPE_PAGES = MEDIAPIPE_PAGES | {"/"}
 CSP_MEDIAPIPE = CSP.replace("'wasm-unsafe-eval'", "'unsafe-eval'")
 HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -215,6 +215,9 @@ class Health(BaseModel):
     landmarks: str = Field(..., description="Alignment points: yunet (5) or blazeface (4).")
     fallback_detector: str = Field(..., description="Detector tried when BlazeFace finds no face, or none.")
     quality_gate: bool = Field(..., description="Poor faces refused at enrolment and answered 'retry' at identification.")
+    liveness: Literal["off", "passive", "challenge", "both"] = Field(
+        "off", description="The liveness setting: with challenge or both, the web app's live page names a face only through a challenge."
+    )
     gallery: GalleryHealth
     purge_pending: bool = Field(
         False, description="A deleted person's data is still in the database's -wal file: a reader (a backup) blocks its purge, retried until it goes."

@@ -323,6 +323,7 @@ async def healthz(pipeline: PipelineDep) -> Health:
         landmarks=pipeline.settings.landmarks,
         fallback_detector=pipeline.settings.fallback_detector,
         quality_gate=pipeline.settings.quality_gate,
+        liveness=pipeline.settings.liveness,
         gallery=GalleryHealth(people=people, faces=faces, search=mode),
         purge_pending=getattr(pipeline.gallery, "purge_pending", False),
     )

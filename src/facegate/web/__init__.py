@@ -28,6 +28,9 @@ MEDIAPIPE_ENTRY = "vision_bundle.mjs"
 BLAZEFACE_FILE = "face_detection_short_range.tflite"
 BLAZEFACE_URL = "/web/models/" + BLAZEFACE_FILE
 STATIC_URL = "/web/static"
+#: MediaPipe's face mesh (npm ``@mediapipe/face_mesh``): the live page's active liveness challenge (challenge.js).
+FACE_MESH_DIR = HERE / "node_modules" / "@mediapipe" / "face_mesh"
+FACE_MESH_URL = "/web/facemesh"
 MEDIAPIPE_URL = "/web/mediapipe"
 
 PAGES = {"/": "index.html", "/register": "register.html", "/gallery": "gallery.html", "/cameras": "cameras.html"}
@@ -96,4 +99,6 @@ def mount(app: FastAPI) -> None:
     if mediapipe_installed():
         # vision_bundle.mjs, and the wasm/ files its FilesetResolver loads (see detector.js).
         app.mount(MEDIAPIPE_URL, StaticFiles(directory=MEDIAPIPE_DIR), name="web-mediapipe")
+    if (FACE_MESH_DIR / "face_mesh.js").is_file():  # its .wasm, .data and .binarypb are fetched via locateFile
+        app.mount(FACE_MESH_URL, StaticFiles(directory=FACE_MESH_DIR), name="web-facemesh")
     app.include_router(router)

@@ -6,6 +6,7 @@ import {
   api, bestFace, describe, drawFaces, predictBody, setupSettings, showMessage, startCamera, stats, statsLine,
 } from "/web/static/common.js";
 import { createDetector } from "/web/static/detector.js";
+import { describeChallenge, loadFaceMesh, runChallenge } from "/web/static/challenge.js";
 
 const $ = (id) => document.getElementById(id);
 const video = $("video");
@@ -29,6 +30,7 @@ let inFlight = false;
 let shown = null; // {label, at}: the last answer, drawn over the face while a face is in view
 let seq = 0;
 let missed = 0; // frames in a row without a face
+let challengeMode = false; // the server's liveness = "challenge" | "both": each identification is a challenge (challenge.js)
 
 function setResult(text, kind) {
   resultEl.textContent = text;
@@ -58,6 +60,25 @@ async function sendPredict(face) {
   }
 }
 
+async function sendChallenge() {
+  inFlight = true;
+  let wait = intervalMs();
+  try {
+    const answer = await runChallenge(video, (text) => setResult(text, ""));
+    const label = describeChallenge(answer);
+    shown = { label, at: performance.now() };
+    setResult(label.text, label.known ? "known" : "unknown");
+    showMessage(messageEl, "");
+  } catch (e) {
+    stats.lastError = e.message;
+    if (e.status === 503) wait = Math.max(wait, 1000 * (e.retryAfter || 1));
+    showMessage(messageEl, e.message, "error");
+  } finally {
+    nextSendAt = performance.now() + wait;
+    inFlight = false;
+  }
+}
+
 async function cameraLoop() {
   if (mode !== "camera") return;
   try {
@@ -74,7 +95,7 @@ async function cameraLoop() {
       if (!best) {
         if (missed >= 5) setResult("No face in view", "");
       } else if (!inFlight && performance.now() >= nextSendAt) {
-        sendPredict(best); // not awaited: detection and drawing go on while the server answers
+        (challengeMode ? sendChallenge : sendPredict)(best); // not awaited: detection and drawing go on while the server answers
       }
       $("stats").textContent = statsLine();
     }
@@ -161,6 +182,10 @@ $("file").addEventListener("change", (ev) => {
 });
 
 try {
+  const health = await api("GET", "/healthz").catch(() => ({}));
+  challengeMode = ["challenge", "both"].includes(health.liveness);
+  // Before the detector: two MediaPipe wasm runtimes starting at once break each other ("Import #0 ... not an object").
+  if (challengeMode) await loadFaceMesh();
   detector = await createDetector();
   window.facegate.ready = true;
   setMode(params.get("mode") === "image" ? "image" : "camera");

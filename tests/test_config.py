@@ -188,3 +188,18 @@ def test_missing_config_file_from_env(tmp_path, monkeypatch):
 def test_config_path_that_is_a_directory(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path)
+
+
+def test_setting_errors_never_echo_a_password(tmp_path):
+    """A settings file with two cameras of one name is refused naming the name, not printing the URLs
+    (they may hold the camera's password)."""
+    cfg = tmp_path / "facegate.toml"
+    cfg.write_text(
+        '[[cameras]]\nname = "door"\nurl = "rtsp://admin:hunter2@10.0.0.5/s1"\n'
+        '[[cameras]]\nname = "door"\nurl = "rtsp://admin:swordfish@10.0.0.6/s1"\n'
+    )
+    with pytest.raises(ValueError) as err:
+        load_settings(cfg)
+    text = str(err.value)
+    assert "camera names must be unique: door" in text
+    assert "hunter2" not in text and "swordfish" not in text

@@ -63,7 +63,8 @@ class AccessRule(BaseModel):
 class Settings(BaseSettings):
     """Every tunable of FaceGate. Defaults are the measured ones (see README, "Accuracy")."""
 
-    model_config = SettingsConfigDict(env_prefix="FACEGATE_", extra="forbid", validate_default=True)
+    # Errors never echo what was given: camera URLs, the gallery and MQTT URLs may carry passwords.
+    model_config = SettingsConfigDict(env_prefix="FACEGATE_", extra="forbid", validate_default=True, hide_input_in_errors=True)
 
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the gallery lives.")
     host: str = "127.0.0.1"

@@ -236,3 +236,42 @@ def test_events_stored_before_a_key_are_sealed_when_one_is_set(tmp_path):
         store.close()
         g.close()
     assert not any(b"EVENTCROP" in f.read_bytes() for f in (tmp_path / "data").iterdir())
+
+
+def test_a_stream_gets_events_another_process_stored(tmp_path):
+    """Two hubs on one SQLite gallery (as `serve --workers 2` has): a subscriber of one gets the other's
+    events (the log is polled), each once, and its own hub's events once too."""
+    import asyncio
+    import threading
+
+    from facegate.gallery.sqlite import Gallery
+
+    g1 = Gallery(tmp_path / "data", "test-model", DIM)
+    g2 = Gallery(tmp_path / "data", "test-model", DIM)
+    a, b = EventHub(events_for(g1), poll_s=0.05), EventHub(events_for(g2), poll_s=0.05)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    sub = b.subscribe(loop)
+    try:
+        sent = [_event(camera="from-a"), _event(camera="from-b"), _event(camera="from-a")]
+        a.publish(sent[0])
+        b.publish(sent[1])
+        a.publish(sent[2])
+        got = []
+
+        async def take(n):
+            for _ in range(n):
+                got.append((await asyncio.wait_for(sub.queue.get(), 20))[1]["id"])
+
+        asyncio.run_coroutine_threadsafe(take(3), loop).result(30)
+        assert sorted(got) == sorted(e.id for e in sent)
+        time_left = asyncio.run_coroutine_threadsafe(asyncio.sleep(0.3), loop)
+        time_left.result(5)
+        assert sub.queue.empty()  # nothing twice
+    finally:
+        b.unsubscribe(sub)
+        a.close()
+        b.close()
+        loop.call_soon_threadsafe(loop.stop)
+        g1.close()
+        g2.close()

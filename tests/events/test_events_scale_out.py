@@ -37,3 +37,19 @@ def test_every_servers_stream_carries_every_servers_events(two_servers):
     finally:
         on_a.close()
         on_b.close()
+
+
+def test_every_workers_stream_carries_every_workers_events(start_server):
+    """`serve --workers 2` on the embedded gallery: streams and test events land on either worker
+    process; each stream gets every event once (the other worker's through the polled log)."""
+    s = start_server(None, "--workers", "2")
+    readers = [SSEReader(s.url + "/v1/events/stream", {}) for _ in range(4)]
+    try:
+        with s.client() as c:
+            sent = [c.post("/v1/events/test", json={"camera": f"cam{i}"}, headers={"Connection": "close"}).json()["id"] for i in range(6)]
+        for r in readers:
+            got, _ = r.events(6)
+            assert sorted(e["id"] for e in got) == sorted(sent)
+    finally:
+        for r in readers:
+            r.close()

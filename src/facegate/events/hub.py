@@ -88,6 +88,7 @@ class EventHub:
         keep_days: float | None = None,
         keep_max: int | None = None,
         prune_interval_s: float = 60.0,
+        poll_s: float = 0.5,
     ) -> None:
         self.store = store
         self.rules = rules or AccessRules({})
@@ -105,8 +106,17 @@ class EventHub:
         self.webhooks: Any = None
         self.keepalive_s = 15.0
         self._writer = threading.Thread(target=self._run, name="facegate-events", daemon=True)
+        # Events stored by other processes reach this one's streams: PostgreSQL NOTIFY, or (SQLite, e.g.
+        # `serve --workers N` or the CLI) a poll of the log's newest rows every ``poll_s``.
+        self._own: collections.deque[int] = collections.deque(maxlen=4096)  # seqs this hub broadcast itself
+        self._own_lock = threading.Lock()
+        self._stop = threading.Event()
+        if store.notifies:
+            self._listener = store.listen(self._from_database)  # type: ignore[attr-defined]
+        else:
+            self._listener = threading.Thread(target=self._poll, args=(poll_s,), name="facegate-events-poll", daemon=True)
+            self._listener.start()
         self._writer.start()
-        self._listener = store.listen(self._from_database) if store.notifies else None  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ producers
     def publish(self, event: Event) -> None:
@@ -155,6 +165,27 @@ class EventHub:
             if s.camera is None or s.camera == event.camera:
                 s.offer(item)
 
+    def _poll(self, every_s: float) -> None:
+        """SQLite: broadcast events other processes stored (their seq above the last seen, not our own)."""
+        try:
+            newest = self.store.list(limit=1)
+            last = newest[0].seq if newest else 0
+        except Exception:
+            log.exception("the event log cannot be read")
+            last = 0
+        while not self._stop.wait(every_s):
+            try:
+                with self._own_lock:
+                    rows = self.store.list(after=last, limit=500)
+                    own = set(self._own)
+            except Exception:
+                log.exception("polling the event log failed")
+                continue
+            for r in rows:
+                last = max(last, r.seq)
+                if r.seq not in own:
+                    self._broadcast(r.seq, r.event, r.has_crop)
+
     def _from_database(self, seq: int) -> None:
         """An event committed by any server (PostgreSQL NOTIFY)."""
         stored = self.store.get_seq(seq)
@@ -184,7 +215,10 @@ class EventHub:
         try:
             if event.decision is None:
                 event.decision = self.rules.decide(event)
-            seq = self.store.add(event)
+            with self._own_lock:  # a poll never sees this row before it is marked as this hub's own
+                seq = self.store.add(event)
+                if seq is not None:
+                    self._own.append(seq)
         except Exception:
             self.counts["failed"] += 1
             log.exception("could not store event %s", event.id)
@@ -232,6 +266,9 @@ class EventHub:
             self._closing = True
             self._cv.notify()
         self._writer.join(timeout)
+        self._stop.set()
+        if isinstance(self._listener, threading.Thread) and not self.store.notifies:
+            self._listener.join(timeout)
         for o in self.outlets:
             try:
                 o.close()

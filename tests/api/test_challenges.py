@@ -204,3 +204,36 @@ def test_challenge_mode_names_only_through_a_challenge(strict):
         ch = challenge(c, {"turn_left", "turn_right"})
         got = c.post(f"/v1/challenges/{ch['id']}/answer", json=turns_answer(95)).json()
         assert got["faces"][0]["name"] == "Paul Bremer" and got["faces"][0]["status"] == "recognized", got
+
+
+def test_camera_client_runs_the_challenge_and_a_still_video_fails(strict, tmp_path):
+    """`facegate client --video` against a liveness = "challenge" server (found in /healthz): the client
+    runs a challenge with the mediapipe landmark model on the video's frames; a video of one still photo
+    fails it, each action said, and is never named."""
+    import json
+    import subprocess
+    import sys
+
+    img = cv2.imread(str(LFW / "Paul_Bremer" / "Paul_Bremer_0004.jpg"))
+    frame = cv2.copyMakeBorder(cv2.resize(img, (400, 400)), 40, 40, 120, 120, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    video = tmp_path / "still.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (frame.shape[1], frame.shape[0]))
+    for _ in range(60):
+        w.write(frame)
+    w.release()
+    r = subprocess.run(
+        [sys.executable, "-m", "facegate.cli", "client", "--server", strict.url, "--video", str(video), "--json", "--max-seconds", "40"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    prompts = [e["step"] for e in events if e["event"] == "challenge"]
+    results = [e for e in events if e["event"] == "challenge_result"]
+    assert results, r.stdout[-2000:]
+    first = results[0]
+    assert prompts[0] == "neutral" and set(first["challenge"]["actions"]) <= set(prompts), prompts
+    assert first["challenge"]["passed"] is False
+    for action in first["challenge"]["actions"]:
+        assert any(x.startswith(f"{action}:") for x in first["challenge"]["reasons"]), first["challenge"]
+    assert all(f["name"] is None for res in results for f in res["faces"])
+    assert not any(e["event"] == "result" for e in events)  # no /predict answers: the challenge replaced them

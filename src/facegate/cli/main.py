@@ -87,7 +87,7 @@ def serve(
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
     liveness: Annotated[
-        Optional[str], typer.Option(help="off, or passive: check every identified face with the imported liveness models.")
+        Optional[str], typer.Option(help="off; passive: check every identified face with the imported liveness models; challenge: name faces only through an active challenge (blink, head turns); both.")
     ] = None,
     camera: Annotated[
         Optional[list[str]],

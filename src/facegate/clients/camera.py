@@ -5,6 +5,12 @@ BlazeFace runs here, on the client's frames (camera, video file or photos); the 
 most once per interval counted from the previous answer, so the server never sees more than one
 request per interval from a client. A server that restarts is waited for; a 503 is retried after its
 ``Retry-After``. ``facegate client register NAME`` takes 3 frames with a face and calls ``/register``.
+
+With a server whose ``liveness`` is ``challenge`` or ``both`` (its ``/healthz`` says), each identification
+is an active liveness challenge instead (``--challenge`` forces it, ``--no-challenge`` never): the
+client asks ``POST /v1/challenges``, prints each action ("Blink", "Turn your head to your left"), follows
+the face with the landmark model of the ``mediapipe`` wheel (``vision.landmarks``, the server's own), takes
+the frame where the action shows, and sends the frames to ``/v1/challenges/{id}/answer``.
 """
 
 from __future__ import annotations
@@ -205,6 +211,112 @@ class Reporter:
         self.event("result", text, source=source, **r)
 
 
+PROMPTS = {"blink": "Blink", "turn_left": "Turn your head to your left", "turn_right": "Turn your head to your right"}
+
+
+def server_wants_challenge(http: Throttled) -> bool:
+    """Whether the server names faces only through a challenge (``/healthz``'s ``liveness``)."""
+    try:
+        return http.http.get("/healthz").json().get("liveness") in ("challenge", "both")
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return False
+
+
+def run_challenge(http: Throttled, stream: Iterator[tuple[int, np.ndarray]], mesh, out: Reporter, detector=None) -> Outcome:
+    """One challenge on the stream's frames: the frames are picked here with the server's own
+    measurements and limits (``vision.challenge``), and judged again by the server."""
+    import math
+
+    from .http import b64_jpeg
+    from facegate.vision.challenge import Limits, read
+
+    lim = Limits()
+    got = http.post("/v1/challenges", {})
+    if got.result is None:
+        return got
+    ch = got.result
+    deadline = time.monotonic() + float(ch["expires_in_s"]) - 1.0  # the answer must be in before it expires
+    actions: list[str] = ch["actions"]
+
+    def reading(frame: np.ndarray):
+        r = read(mesh.find(frame))
+        return r if r.found and r.pose is not None and math.isfinite(r.pose.yaw) else None
+
+    def until(pred, seconds: float):
+        """The first frame whose reading meets ``pred`` within ``seconds`` (else the last one seen with a face)."""
+        end = min(deadline, time.monotonic() + seconds)
+        last = None
+        for _, frame in stream:
+            r = reading(frame)
+            if r is not None:
+                last = (frame, r)
+                if pred(r):
+                    return last
+            if time.monotonic() >= end:
+                break
+        return last
+
+    out.event("challenge", "Look at the camera", step="neutral", actions=actions)
+    first = until(lambda r: abs(r.pose.yaw) < lim.turn_yaw / 2, 1.5)
+    if first is None:
+        return Outcome(error="no face in view for the challenge")
+    base = first[1]
+    frames: dict[str, str] = {}
+    for i, action in enumerate(actions):
+        out.event("challenge", f"[bold]{PROMPTS[action]}[/]", step=action)
+        left = max(0.5, (deadline - time.monotonic() - 0.8) / (len(actions) - i))
+        if action == "blink":
+            pred = lambda r: r.ear < lim.closed_ear and r.ear <= lim.blink_ratio * base.ear  # noqa: E731
+        else:
+            sign = -1.0 if action == "turn_left" else 1.0  # yaw < 0: the person's own left (frames as the camera took them)
+            pred = lambda r, sign=sign: sign * (r.pose.yaw - base.pose.yaw) >= lim.turn_yaw + 3 and sign * r.pose.yaw >= lim.turn_yaw + 3  # noqa: E731
+        taken = until(pred, left)
+        if taken is not None:
+            frames[action] = b64_jpeg(taken[0])
+    out.event("challenge", "Look at the camera", step="neutral")
+    back = until(lambda r: abs(r.pose.yaw) < lim.turn_yaw / 2 and r.ear > 0.8 * base.ear, max(0.3, deadline - time.monotonic()))
+    neutral = [b64_jpeg(first[0])] + ([b64_jpeg(back[0])] if back is not None else [])
+    return http.post(f"/v1/challenges/{ch['id']}/answer", {"neutral": neutral, "frames": frames})
+
+
+def challenge_stream(http: Throttled, stream: Iterator[tuple[int, np.ndarray]], out: Reporter, max_seconds: float = 0.0, rounds: int = 0) -> int:
+    """Challenges one after another on the stream (one per interval at most). Returns answers received."""
+    from facegate.vision.landmarks import FaceMesh
+
+    mesh = FaceMesh()
+    answers = 0
+    t0 = time.monotonic()
+    try:
+        while not (max_seconds and time.monotonic() - t0 > max_seconds) and not (rounds and answers >= rounds):
+            http.wait_ready()
+            try:
+                outcome = run_challenge(http, stream, mesh, out)
+            except ClientError as exc:  # e.g. 410: it expired before the frames were in
+                if isinstance(exc, AuthError):
+                    raise
+                out.event("error", f"[yellow]challenge refused ({exc.status}): {escape(exc.detail)}[/]", status=exc.status, detail=exc.detail)
+                continue
+            except StopIteration:
+                break
+            if outcome.result is None:
+                _handle(outcome, "challenge", out)
+                if outcome.error == "no face in view for the challenge" and not outcome.unreachable:
+                    break  # the source ended
+                continue
+            answers += 1
+            r = outcome.result
+            c = r["challenge"]
+            face = (r.get("faces") or [{}])[0]
+            if c["passed"]:
+                said = f"[bold green]{escape(face.get('name') or 'unknown')}[/] (challenge passed)" if face.get("name") else f"[bold red]{face.get('status', 'no face')}[/] (challenge passed)"
+            else:
+                said = "[bold red]challenge failed[/]: " + escape("; ".join(c["reasons"]))
+            out.event("challenge_result", said, **r)
+    finally:
+        mesh.close()
+    return answers
+
+
 def _handle(outcome: Outcome, source: str, out: Reporter) -> None:
     if outcome.reconnected:
         out.event("reconnected", "[cyan]server is back[/]")
@@ -365,6 +477,10 @@ def recognize(
     realtime: Annotated[bool, typer.Option(help="Play a video file at its own frame rate.")] = True,
     max_seconds: Annotated[float, typer.Option(help="Stop after this long (0: at the end of the source).")] = 0.0,
     as_json: JsonOpt = False,
+    challenge: Annotated[
+        Optional[bool],
+        typer.Option("--challenge/--no-challenge", help="Identify through active liveness challenges (default: when the server's liveness needs them)."),
+    ] = None,
 ) -> None:
     """Name the faces a camera, a video or photos show."""
     if ctx.invoked_subcommand is not None:
@@ -380,6 +496,8 @@ def recognize(
         try:
             if image:
                 recognize_images(det, http, image, out, margin)
+            elif challenge if challenge is not None else server_wants_challenge(http):
+                challenge_stream(http, iter(frames(camera, video, realtime)), out, max_seconds)
             else:
                 recognize_stream(det, http, frames(camera, video, realtime), out, margin, max_seconds)
         finally:

@@ -16,9 +16,11 @@ FaceGate frame on its stack:
 - search: ``gallery/``, ``rank.py``, ``pqindex.py`` (the nearest enrolled faces and the decision)
 - HTTP: everything else (uvicorn, the event loop, FastAPI/Starlette, JSON and base64, middlewares)
 
-A stage's CPU a request is its busy samples / rate / requests. The model's extra onnxruntime threads
-(a lone request runs on ``inference_threads`` threads) have no Python frames: the model's row is the
-process CPU a request less the other stages, and the sampled share is shown beside it.
+A stage's CPU a request is the server's CPU a request times the stage's share of the busy samples.
+Shares, not sampled seconds: on a loaded machine a thread waiting for a core is still "busy" to py-spy,
+so sampled seconds are wall time, larger than CPU time. At one client a lone request's model call
+runs on ``inference_threads`` onnxruntime threads, and only the calling one has Python frames: there
+the model's share is a lower bound (its other thread's CPU is spread over every stage).
 
     python bench/stages.py [--precision float int8] [--clients 1 32] [--seconds 10] [--int8-from DIR] [--json out.json]
 """
@@ -135,9 +137,8 @@ def measure(url: str, pid: int, path: str, body: bytes, clients: int, seconds: f
     ok = sum(1 for status, _ in done if status == 200)
     if ok == 0:
         raise RuntimeError(f"{path}: no request answered 200 ({Counter(s for s, _ in done)})")
-    ms = {s: 1000 * samples[s] / rate / ok for s in STAGES}
-    sampled_model = ms["model"]
-    ms["model"] = max(1000 * cpu / ok - sum(v for k, v in ms.items() if k != "model"), sampled_model)
+    busy = sum(samples.values()) or 1
+    ms = {s: 1000 * cpu / ok * samples[s] / busy for s in STAGES}
     return {
         "route": path,
         "clients": clients,
@@ -147,7 +148,7 @@ def measure(url: str, pid: int, path: str, body: bytes, clients: int, seconds: f
         "p50_ms": 1000 * float(np.median([t for s, t in done if s == 200])),
         "cpu_ms_per_request": 1000 * cpu / ok,
         "stage_cpu_ms": ms,
-        "model_sampled_ms": sampled_model,
+        "sampled_ms_per_request": {s: 1000 * samples[s] / rate / ok for s in STAGES},
         "samples": dict(samples),
     }
 

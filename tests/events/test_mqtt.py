@@ -10,6 +10,7 @@ import queue
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -257,3 +258,25 @@ def test_reconnects_after_the_broker_restarts(broker, start_server):
             assert json.loads(sub.wait("facegate/door/state", timeout=30)[0])["last_event_id"] == ev["id"]
         finally:
             sub.close()
+
+
+def test_a_cameras_retained_state_follows_its_stream(broker, tmp_path):
+    """A file camera: its retained state says online while the stream plays and offline once it has
+    ended (the watcher passes its stream's state to MQTT). Needs Debian's ffmpeg for the video."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cameras"))
+    from camkit import FFMPEG, make_video
+    from conftest import ServerProcess
+
+    if not Path(FFMPEG).is_file():
+        pytest.skip(f"{FFMPEG} not found: apt-get install ffmpeg (.ci/run does)")
+    video = make_video(tmp_path / "empty.mp4", [(None, 3.0)])  # an empty grey scene for 3 s
+    sub = Subscriber(broker.port, topics=("facegate/hall/state",))
+    env = {"FACEGATE_MQTT_URL": f"mqtt://gate:s3cret-pw@127.0.0.1:{broker.port}"}
+    server = ServerProcess(tmp_path / "data", "--camera", f"hall={video}", env=env).start()
+    try:
+        online, _ = sub.wait("facegate/hall/state", lambda p: json.loads(p)["state"] == "online", timeout=60)
+        offline, retained = sub.wait("facegate/hall/state", lambda p: json.loads(p)["state"] == "offline", timeout=60)
+        assert json.loads(offline)["last_name"] is None  # nobody was seen
+    finally:
+        server.stop()
+        sub.close()

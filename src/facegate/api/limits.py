@@ -95,7 +95,16 @@ class BodyLimitMiddleware:
 
 
 #: Routes that run the models: refused early, before their (large) bodies are read, when over capacity.
-MODEL_ROUTES = frozenset({"/predict", "/register", "/v1/identify", "/v1/verify", "/v1/people"})
+MODEL_ROUTES = frozenset({"/predict", "/register", "/v1/identify", "/v1/verify", "/v1/people", "/v1/liveness"})
+
+
+def is_model_route(path: str) -> bool:
+    """Routes that run the models, so take turns in the fair queue: the fixed ones, adding faces to a person,
+    and answering a challenge (landmarks and embeddings of several frames)."""
+    if path in MODEL_ROUTES:
+        return True
+    parts = path.split("/")
+    return len(parts) == 5 and parts[1] == "v1" and (parts[2], parts[4]) in (("people", "faces"), ("challenges", "answer"))
 
 
 class FairGate:
@@ -278,7 +287,7 @@ class AdmissionMiddleware:
         await send_error(send, 503, "busy", why)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path") in MODEL_ROUTES:
+        if scope["type"] == "http" and scope.get("method") == "POST" and is_model_route(scope.get("path", "")):
             gate = self.gate
             if gate is not None:
                 who = client_identity(scope)

@@ -44,6 +44,11 @@ class CameraManager:
             t.start()
         if self.cameras:
             log.info("cameras: %s", ", ".join(f"{c['name']} ({c['url']})" for c in map(describe, self.cameras.values())))
+            if self.settings.liveness == "challenge":
+                log.warning(
+                    'cameras: liveness = "challenge" cannot apply to a camera (it cannot ask for an action); their faces '
+                    'are named without a liveness check. Set liveness = "both" to check them with the passive model.'
+                )
         return self
 
     def stop(self) -> None:

@@ -38,7 +38,8 @@ CROP_QUALITY = 90
 
 def identify_one(pipeline: Pipeline, image: np.ndarray, lf: LocatedFace) -> Identification:
     """Identify one located face as ``/v1/identify`` does (quality floor, then the model, the gallery and
-    ``rank``; with ``liveness = "passive"`` the passive check), through the server's batcher."""
+    ``rank``; with ``liveness = "passive"`` or ``"both"`` the passive check), through the server's batcher.
+    A camera cannot ask for an action, so ``"challenge"`` alone leaves its faces unchecked (the manager says so)."""
     verdict = pipeline.judge_probe(lf)
     if not verdict.ok:
         return Identification(lf, RETRY, pipeline.threshold, verdict)
@@ -48,7 +49,7 @@ def identify_one(pipeline: Pipeline, image: np.ndarray, lf: LocatedFace) -> Iden
     if not verdict.ok:
         return Identification(lf, RETRY, pipeline.threshold, verdict)
     ident = Identification(lf, pipeline.decide(vecs[0]), pipeline.threshold, verdict)
-    if pipeline.settings.liveness == "passive" and lf.box is not None:
+    if pipeline.settings.liveness in ("passive", "both") and lf.box is not None:
         check = pipeline.passive_check(image, [lf])[0]
         ident = replace(ident, liveness=check, decision=ident.decision if check.live else RETRY)
     return ident
@@ -81,6 +82,7 @@ class CameraWatcher:
         self.analyser_error: str | None = None
         self.recent: deque[dict] = deque(maxlen=RECENT)
         self._window: deque[float] = deque()
+        self._online: bool | None = None  # last connection state passed to the sink (MQTT's retained state)
 
     def start(self) -> CameraWatcher:
         self.reader.start()
@@ -131,6 +133,7 @@ class CameraWatcher:
         due = time.monotonic()
         seen = 0
         while not self._stop.is_set():
+            self._report_state(self.reader.connected)
             due += period
             wait = due - time.monotonic()
             if wait < 0:
@@ -165,6 +168,19 @@ class CameraWatcher:
                 self._window.popleft()
             self._publish(decided)
         log.info("camera %s: analyser stopped (%d frames, %d tracks, %d events)", self.cfg.name, self.frames, self.tracks.count, self.events)
+        self._report_state(False)
+
+    def _report_state(self, online: bool) -> None:
+        """Tell the sink when the stream comes up or goes away (only changes), where the sink follows states."""
+        if online == self._online:
+            return
+        self._online = online
+        report = getattr(self.sink(), "camera_state", None)
+        if report is not None:
+            try:
+                report(self.cfg.name, online)
+            except Exception:
+                log.exception("camera %s: the event sink refused its state", self.cfg.name)
 
     def _publish(self, decided: list[Decided]) -> None:
         for d in decided:

@@ -19,7 +19,7 @@ def migrate_command(
     sample: Annotated[int, typer.Option("--sample", help="vectors compared in the verification")] = 200,
     config: ConfigOpt = None,
 ) -> None:
-    """Copy a gallery between the embedded backend and PostgreSQL (people, faces, keys, audit log), then verify."""
+    """Copy a gallery between the embedded backend and PostgreSQL (people, faces, keys, audit log, events, webhooks), then verify."""
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -44,11 +44,15 @@ def migrate_command(
         except (FaceGateError, ConnectionError) as exc:
             fail(getattr(exc, "message", str(exc)))
     console.print(
-        f"copied {result.people[1]} people, {result.faces[1]} faces, {result.keys[1]} keys, {result.audit[1]} audit entries "
+        f"copied {result.people[1]} people, {result.faces[1]} faces, {result.keys[1]} keys, {result.audit[1]} audit entries, "
+        f"{result.events[1]} events, {result.webhooks[1]} webhooks ({result.deliveries[1]} deliveries) "
         f"from {escape(_describe(source))} to {escape(_describe(destination))}"
     )
     if not result.ok:
         for p in result.problems[:20]:
             console.print(f"[red]verification:[/red] {escape(p)}")
         raise typer.Exit(1)
-    console.print(f"verified: counts equal, {result.sampled} sampled vectors and crops identical and found by search")
+    console.print(
+        f"verified: counts equal, {result.sampled} sampled vectors and crops identical and found by search, "
+        f"events, webhooks and deliveries identical"
+    )

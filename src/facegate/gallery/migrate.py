@@ -1,10 +1,15 @@
 """``facegate gallery migrate``: copy a gallery between the embedded backend and PostgreSQL.
 
 Everything moves, with its ids and timestamps: people, faces (vectors, crops, labels), API key
-hashes and the audit log, plus one audit entry saying the gallery was migrated. The destination
+hashes, the audit log, the event log (with its crops), the webhooks (with their secrets) and their
+delivery log, plus one audit entry saying the gallery was migrated. What the embedded gallery seals
+with its key (names, crops, labels, event names and crops, webhook secrets) is opened on the way to
+PostgreSQL, which holds them in the clear, and sealed with the key on the way back. The destination
 must be empty; it is written in one transaction, so a failure leaves it empty. Then a verification
-step compares counts, a sample of vectors and crops byte for byte, and checks that the destination
-finds each sampled vector's own face first. The source is never changed.
+step compares counts, a sample of vectors and crops byte for byte, every event (fields and crop),
+webhook and delivery row, and checks that the destination finds each sampled vector's own face
+first. The source is never changed. The whole gallery passes through memory (event crops included:
+about 5 kB an event, so 100,000 events, the default cap, are about 0.5 GB).
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class Dump:
     faces: list[tuple[int, int, str, np.ndarray, bytes | None, str | None, str]] = field(default_factory=list)
     keys: list[tuple[str, str, str, str, str, str | None]] = field(default_factory=list)
     audit: list[tuple[int, str, str, str, int | None, dict]] = field(default_factory=list)
+    #: seq, id, camera, started_at, decided_at, status, person_id, name, similarity, track_id, frames,
+    #: identified, liveness, decision, crop (name and crop in the clear)
+    events: list[tuple] = field(default_factory=list)
+    webhooks: list[tuple[str, str, str, str, float]] = field(default_factory=list)  # id, url, secret (clear), filters, created_at
+    #: seq, webhook_id, event_id, attempt, at, status_code, error, duration_ms
+    deliveries: list[tuple] = field(default_factory=list)
 
 
 def _describe(target: str) -> str:
@@ -92,10 +103,33 @@ def read_sqlite(data_dir: Path, encryption_key: str | None) -> Dump:
             (r[0], r[1], r[2], r[3], r[4], json.loads(r[5]))
             for r in con.execute("SELECT id, at, actor, action, person_id, detail FROM audit ORDER BY id")
         ]
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = 'events'").fetchone():  # a server has run on it
+            # sealed with the gallery's key once marked so (gallery/events.py: seal_event_rows)
+            ev = sealer if meta.get("events") == "sealed" else Sealer(None)
+            _read_events(con, d, ev.open_text, ev.open)
         con.execute("COMMIT")
     finally:
         con.close()
     return d
+
+
+_EVENT_COLUMNS = (
+    "seq, id, camera, started_at, decided_at, status, person_id, name, similarity, track_id, frames, identified, liveness, decision, crop"
+)
+_HOOK_COLUMNS = "id, url, secret, filters, created_at"
+_DELIVERY_COLUMNS = "seq, webhook_id, event_id, attempt, at, status_code, error, duration_ms"
+
+
+def _read_events(con, d: Dump, open_text: Callable[[str], str], open_bytes: Callable) -> None:
+    """The event log, webhooks and deliveries into ``d``, names, crops and secrets opened (both backends)."""
+    for r in con.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq"):
+        r = list(r)
+        r[0], r[9] = int(r[0]), int(r[9])
+        r[7] = None if r[7] is None else open_text(r[7])
+        r[14] = None if r[14] is None else open_bytes(bytes(r[14]))
+        d.events.append(tuple(r))
+    d.webhooks = [(r[0], r[1], open_text(r[2]), r[3], r[4]) for r in con.execute(f"SELECT {_HOOK_COLUMNS} FROM webhooks ORDER BY id")]
+    d.deliveries = [(int(r[0]), *r[1:]) for r in con.execute(f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries ORDER BY seq")]
 
 
 def _with_keys(people: list[tuple[int, str, str]]) -> list[tuple[int, str, str, str]]:
@@ -122,6 +156,7 @@ def read_pg(url: str) -> Dump:
                 (int(r[0]), r[1], r[2], r[3], r[4], r[5])
                 for r in con.execute("SELECT id, at, actor, action, person_id, detail FROM audit ORDER BY id")
             ]
+            _read_events(con, d, lambda t: t, lambda b: b)  # PostgreSQL holds them in the clear
             con.execute("COMMIT")
     finally:
         g.close()
@@ -141,10 +176,11 @@ def write_pg(d: Dump, url: str, progress: Callable[[int], None], **pg_options) -
         with g._pool.connection() as con, con.transaction():
             people, faces = con.execute("SELECT people, faces FROM gallery_state FOR UPDATE").fetchone()
             nkeys = con.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]
-            if people or faces or nkeys:
+            nevents = con.execute("SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM webhooks)").fetchone()[0]
+            if people or faces or nkeys or nevents:
                 raise MigrationError(
-                    f"the destination {redact(url)} is not empty ({people} people, {faces} faces, {nkeys} keys): "
-                    "migrate into an empty database"
+                    f"the destination {redact(url)} is not empty ({people} people, {faces} faces, {nkeys} keys, "
+                    f"{nevents} events and webhooks): migrate into an empty database"
                 )
             con.execute("DROP INDEX IF EXISTS faces_hnsw_%s" % int(d.dim))  # built once at the end: much faster than row by row
             with con.cursor() as cur:
@@ -163,23 +199,35 @@ def write_pg(d: Dump, url: str, progress: Callable[[int], None], **pg_options) -
                     "INSERT INTO audit (id, at, actor, action, person_id, detail) VALUES (%s, %s, %s, %s, %s, %s::jsonb)",
                     [(i, at, actor, action, pid, json.dumps(detail)) for i, at, actor, action, pid, detail in d.audit],
                 )
-            for table in ("people", "faces", "audit"):
+                for chunk in _batches(d.events):
+                    cur.executemany(f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join(['%s'] * 15)})", chunk)
+                cur.executemany(f"INSERT INTO webhooks ({_HOOK_COLUMNS}) VALUES (%s, %s, %s, %s, %s)", d.webhooks)
+                for chunk in _batches(d.deliveries):
+                    cur.executemany(f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join(['%s'] * 8)})", chunk)
+            for table, column in (("people", "id"), ("faces", "id"), ("audit", "id"), ("events", "seq"), ("webhook_deliveries", "seq")):
                 con.execute(
-                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), GREATEST((SELECT MAX(id) FROM {table}), 1), "
-                    f"(SELECT MAX(id) FROM {table}) IS NOT NULL)"
+                    f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), GREATEST((SELECT MAX({column}) FROM {table}), 1), "
+                    f"(SELECT MAX({column}) FROM {table}) IS NOT NULL)"
                 )
             con.execute(
                 "UPDATE gallery_state SET people = %s, faces = %s, generation = generation + 1", (len(d.people), len(d.faces))
             )
             g._ensure_index(con, d.dim)
-            _audit(con, MIGRATE, None, faces=len(d.faces), people=len(d.people))
+            _audit(con, MIGRATE, None, **_counts(d))
     finally:
         g.close()
+
+
+def _counts(d: Dump) -> dict[str, int]:
+    """The migration's audit detail."""
+    return {"faces": len(d.faces), "people": len(d.people), "events": len(d.events), "webhooks": len(d.webhooks)}
 
 
 def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: Callable[[int], None]) -> None:
     """Into an empty embedded gallery, in one SQLite transaction; the HNSW index is built when it is next opened."""
     from facegate.security.keys import KeyStore
+
+    from .events import SqliteEventStore
 
     data_dir = Path(data_dir)
     g = Gallery(data_dir, d.model_id, d.dim, encryption_key=encryption_key)
@@ -189,6 +237,7 @@ def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: 
     finally:
         g.close()
     KeyStore(data_dir / DB_NAME).close()  # the api_keys table
+    SqliteEventStore(data_dir / DB_NAME, encryption_key).close()  # the event tables (marked sealed with a key)
     sealer = Sealer(encryption_key)
     con = sqlite3.connect(data_dir / DB_NAME, isolation_level=None, timeout=30)
     try:
@@ -197,6 +246,8 @@ def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: 
         try:
             if con.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0]:
                 raise MigrationError(f"the destination {data_dir} already holds API keys: migrate into an empty data directory")
+            if con.execute("SELECT (SELECT COUNT(*) FROM events) + (SELECT COUNT(*) FROM webhooks)").fetchone()[0]:
+                raise MigrationError(f"the destination {data_dir} already holds events or webhooks: migrate into an empty data directory")
             con.executemany(
                 "INSERT INTO people (id, name, name_key, created_at) VALUES (?, ?, ?, ?)",
                 [(i, sealer.seal_text(n), sealer.blind(k), at) for i, n, k, at in d.people],
@@ -215,7 +266,18 @@ def write_sqlite(d: Dump, data_dir: Path, encryption_key: str | None, progress: 
                 "INSERT INTO audit (id, at, actor, action, person_id, detail) VALUES (?, ?, ?, ?, ?, ?)",
                 [(i, at, actor, action, pid, json.dumps(detail)) for i, at, actor, action, pid, detail in d.audit],
             )
-            audit.record(con.cursor(), MIGRATE, None, faces=len(d.faces), people=len(d.people))
+            for chunk in _batches(d.events):
+                con.executemany(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join(['?'] * 15)})",
+                    [(*e[:7], None if e[7] is None else sealer.seal_text(e[7]), *e[8:14], sealer.seal(e[14])) for e in chunk],
+                )
+            con.executemany(
+                f"INSERT INTO webhooks ({_HOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                [(i, url, sealer.seal_text(secret), f, at) for i, url, secret, f, at in d.webhooks],
+            )
+            for chunk in _batches(d.deliveries):
+                con.executemany(f"INSERT INTO webhook_deliveries ({_DELIVERY_COLUMNS}) VALUES ({', '.join(['?'] * 8)})", chunk)
+            audit.record(con.cursor(), MIGRATE, None, **_counts(d))
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             con.execute("COMMIT")
         except BaseException:
@@ -236,6 +298,9 @@ class Verification:
     audit: tuple[int, int]
     sampled: int
     problems: list[str]
+    events: tuple[int, int] = (0, 0)
+    webhooks: tuple[int, int] = (0, 0)
+    deliveries: tuple[int, int] = (0, 0)
 
     @property
     def ok(self) -> bool:
@@ -248,13 +313,17 @@ def _crop_digest(c: bytes | None) -> str | None:
 
 def verify(src: Dump, dst: Dump, open_dst: Callable[[], object], sample: int = 200, seed: int = 0) -> Verification:
     """Counts equal (the destination's audit has one entry more: the migration); sampled vectors and crops
-    identical; and the destination's search finds each sampled vector's own face first."""
+    identical; every event (fields, crop), webhook (secret too) and delivery row identical; and the
+    destination's search finds each sampled vector's own face first."""
     problems = []
     counts = {
         "people": (len(src.people), len(dst.people)),
         "faces": (len(src.faces), len(dst.faces)),
         "keys": (len(src.keys), len(dst.keys)),
         "audit": (len(src.audit) + 1, len(dst.audit)),
+        "events": (len(src.events), len(dst.events)),
+        "webhooks": (len(src.webhooks), len(dst.webhooks)),
+        "deliveries": (len(src.deliveries), len(dst.deliveries)),
     }
     for what, (a, b) in counts.items():
         if a != b:
@@ -263,6 +332,21 @@ def verify(src: Dump, dst: Dump, open_dst: Callable[[], object], sample: int = 2
         problems.append("people differ (ids, names)")
     if src.keys != dst.keys:
         problems.append("API keys differ")
+    theirs = {e[1]: e for e in dst.events}
+    for e in src.events:
+        other = theirs.get(e[1])
+        if other is None:
+            problems.append(f"event {e[1]} missing")
+        elif other[:14] != e[:14]:
+            problems.append(f"event {e[1]}: fields differ")
+        elif _crop_digest(other[14]) != _crop_digest(e[14]):
+            problems.append(f"event {e[1]}: crop differs")
+        if len(problems) > 50:
+            break
+    if src.webhooks != dst.webhooks:
+        problems.append("webhooks differ (ids, URLs, secrets, filters)")
+    if src.deliveries != dst.deliveries:
+        problems.append("webhook delivery logs differ")
     by_id = {f[0]: f for f in dst.faces}
     picks = random.Random(seed).sample(src.faces, min(sample, len(src.faces)))
     gallery = open_dst()
@@ -283,7 +367,10 @@ def verify(src: Dump, dst: Dump, open_dst: Callable[[], object], sample: int = 2
                 problems.append(f"face {fid}: the destination does not find it")
     finally:
         gallery.close()
-    return Verification(counts["people"], counts["faces"], counts["keys"], counts["audit"], len(picks), problems)
+    return Verification(
+        counts["people"], counts["faces"], counts["keys"], counts["audit"], len(picks), problems,
+        counts["events"], counts["webhooks"], counts["deliveries"],
+    )
 
 
 # ----------------------------------------------------------------------------- the command

@@ -444,7 +444,7 @@ def _calibration_photos(folder: Optional[Path]) -> Optional[list[Path]]:
 def _quantize(s, name: str, photos: Optional[list[Path]], folder: Optional[Path]) -> None:
     from facegate.vision.embed import build_int8_model
 
-    console.print(f"building the int8 copy of {escape(name)} (a minute or so)")
+    console.print(f"building the int8 copy of {escape(name)} (a few minutes on 2 cores)")
     try:
         card = build_int8_model(name, s.models_dir, photos=photos, calibration=str(folder) if folder else None, threads=s.inference_threads)
     except FaceGateError as exc:

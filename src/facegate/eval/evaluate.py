@@ -312,9 +312,12 @@ class Evaluation:
             raise ValueError(f"unknown degradation {degradation!r}; known: {', '.join(DEGRADATIONS)}")
         data_dir = Path(self._tmp.name) / f"run{len(list(Path(self._tmp.name).iterdir()))}"
         settings = variant.settings(self.base, data_dir)
-        if self.base.models_dir.is_dir():  # imported models and int8 copies (built once) are found, not rebuilt
-            data_dir.mkdir(parents=True)
-            (data_dir / "models").symlink_to(self.base.models_dir.resolve(), target_is_directory=True)
+        # Every run shares one models folder (the data directory's, else one of its own): imported models
+        # are found, and an int8 copy is built once, not in every run.
+        models = self.base.models_dir if self.base.models_dir.is_dir() else Path(self._tmp.name) / "shared-models"
+        models.mkdir(exist_ok=True)
+        data_dir.mkdir(parents=True)
+        (data_dir / "models").symlink_to(models.resolve(), target_is_directory=True)
         label = variant.name + (f" / {degradation}" if degradation else "")
         pipe = Pipeline.from_settings(settings)
         try:

@@ -328,7 +328,7 @@ def load_embedder(
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads.
 
     ``precision = "int8"``: its 8-bit copy in ``models_dir/int8``, built there from the float model on
-    first use (``facegate.vision.quantize``; about a minute). Its ``model_id`` ends in ``-int8``: a gallery
+    first use (``facegate.vision.quantize``; one to four minutes on two cores). Its ``model_id`` ends in ``-int8``: a gallery
     made at one precision refuses the other until ``facegate gallery reembed``.
     """
     if precision not in PRECISIONS:

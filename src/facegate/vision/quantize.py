@@ -127,10 +127,8 @@ def quantize(float_bytes: bytes, inputs: np.ndarray) -> bytes:
         quantize_static,
     )
 
-    input_name = next(
-        i.name for i in onnx.load_from_string(float_bytes).graph.input
-        if i.name not in {t.name for t in onnx.load_from_string(float_bytes).graph.initializer}
-    )
+    graph = onnx.load_from_string(float_bytes).graph
+    input_name = next(i.name for i in graph.input if i.name not in {t.name for t in graph.initializer})
     batches = len(inputs) // BATCH // STRIDE * STRIDE
     if batches == 0:
         raise QuantizeError(f"calibration needs at least {BATCH * STRIDE} inputs, got {len(inputs)}")

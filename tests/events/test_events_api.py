@@ -174,3 +174,27 @@ def test_live_stream_keepalive_and_resume(keyed):
         finally:
             again.close()
         assert c.get("/v1/events/stream", headers={**h["viewer"], "Last-Event-ID": "x"}).status_code == 422
+
+
+def test_a_viewer_key_reads_nothing_but_events_and_cameras(keyed, other_face):
+    """A viewer key (a guard's screen, the Events and Cameras pages) may not identify, read or change
+    the gallery, read the audit log or metrics, export, or see and make webhooks (their secrets): each
+    is a 403 with a JSON body, and the webhook it tried to make does not exist."""
+    s, h = keyed
+    face = {"image": b64(other_face)}
+    hook = {"url": "http://127.0.0.1:9/viewer-hook", "secret": "s" * 32}
+    with s.client() as c:
+        assert c.get("/v1/events", headers=h["viewer"]).status_code == 200
+        assert c.get("/v1/cameras", headers=h["viewer"]).status_code == 200
+        refused = [
+            ("POST", "/predict", face), ("POST", "/v1/identify", face), ("POST", "/v1/verify", {**face, "person_id": 1}),
+            ("POST", "/v1/liveness", face), ("POST", "/v1/challenges", None),
+            ("GET", "/v1/people", None), ("GET", "/v1/people/1", None), ("POST", "/v1/people", {"name": "V", "images": [face["image"]]}),
+            ("DELETE", "/v1/people/1", None), ("GET", "/v1/faces/1/crop", None), ("GET", "/v1/export", None),
+            ("GET", "/v1/audit", None), ("GET", "/metrics", None), ("POST", "/v1/events/test", {"camera": "door"}),
+            ("GET", "/v1/webhooks", None), ("POST", "/v1/webhooks", hook), ("DELETE", "/v1/webhooks/0123456789abcdef", None),
+        ]
+        for method, path, body in refused:
+            r = c.request(method, path, json=body, headers=h["viewer"])
+            assert r.status_code == 403 and r.json()["code"] == "forbidden", (method, path, r.status_code, r.text)
+        assert hook["url"] not in [w["url"] for w in c.get("/v1/webhooks", headers=h["admin"]).json()]

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
         "being enrolled within challenge_ttl_s; their photos must match its face. The reference /register is refused.",
     )
     challenge_ttl_s: float = Field(10.0, gt=0, le=120, description="Seconds a liveness challenge may be answered in, from its creation.")
+    challenge_max_open: int = Field(
+        10_000, ge=1, description="Liveness challenges open (asked, unanswered, unexpired) at once, all clients together; beyond, 503 busy."
+    )
+    challenge_max_open_per_key: int = Field(
+        1_000, ge=1, description="Liveness challenges open at once per API key (all clients together when keys are off); beyond, 503 busy."
+    )
     challenge_closed_ear: float = Field(
         0.2, gt=0, lt=1, description="Challenge blink: eyes closed below this eye aspect ratio (Soukupova and Cech 2016; open eyes read 0.25-0.35)."
     )

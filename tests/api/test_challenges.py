@@ -237,3 +237,97 @@ def test_camera_client_runs_the_challenge_and_a_still_video_fails(strict, tmp_pa
         assert any(x.startswith(f"{action}:") for x in first["challenge"]["reasons"]), first["challenge"]
     assert all(f["name"] is None for res in results for f in res["faces"])
     assert not any(e["event"] == "result" for e in events)  # no /predict answers: the challenge replaced them
+
+
+class Pinned:
+    """One keep-alive connection per server process: each request goes where it is told (checked by x-facegate-worker)."""
+
+    def __init__(self, url: str, want: int = 2) -> None:
+        import httpx
+
+        self.by_pid: dict[str, httpx.Client] = {}
+        deadline = time.monotonic() + 120  # the second process may still be loading its models
+        while time.monotonic() < deadline:  # fresh connections until the kernel has handed them to every process
+            c = httpx.Client(base_url=url, timeout=60)
+            pid = c.get("/healthz").headers["x-facegate-worker"]
+            if pid in self.by_pid:
+                c.close()
+                time.sleep(0.1)
+            else:
+                self.by_pid[pid] = c
+            if len(self.by_pid) == want:
+                return
+        raise AssertionError(f"connections reached only processes {list(self.by_pid)}")
+
+    def post(self, pid: str, path: str, **kw):
+        c = self.by_pid[pid]
+        assert c.get("/healthz").headers["x-facegate-worker"] == pid  # the connection is still to that process
+        r = c.post(path, **kw)
+        assert r.headers["x-facegate-worker"] == pid, (pid, r.headers)
+        return r
+
+    def close(self) -> None:
+        for c in self.by_pid.values():
+            c.close()
+
+
+def cross_process_flow(post, a, b) -> None:
+    """A challenge asked of ``a`` is answered on ``b`` and passes; a second answer is 409 on either; the
+    enrolment it allows is spent on ``a``, once; its frames are a replay to both. ``post(where, path, **kw)``."""
+    for _ in range(60):
+        r = post(a, "/v1/challenges")
+        assert r.status_code == 201, r.text
+        ch = r.json()
+        if set(ch["actions"]) == {"turn_left", "turn_right"}:
+            break
+    body = turns_answer(None)
+    r = post(b, f"/v1/challenges/{ch['id']}/answer", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["challenge"]["passed"] is True, r.json()["challenge"]
+    for where in (a, b):
+        again = post(where, f"/v1/challenges/{ch['id']}/answer", json=body)
+        assert again.status_code == 409 and again.json()["code"] == "challenge_used", again.text
+
+    images = [enc(jpeg(n)) for n in ENROL]
+    r = post(a, "/v1/people", json={"name": "Paul Bremer", "images": images, "challenge_id": ch["id"]})
+    assert r.status_code == 201, r.text  # passed on b, spent on a
+    r = post(b, "/v1/people", json={"name": "Paul Bremer 2", "images": images, "challenge_id": ch["id"]})
+    assert r.status_code == 403 and r.json()["code"] == "challenge_required", r.text
+
+    fresh = post(b, "/v1/challenges").json()
+    replay = post(a, f"/v1/challenges/{fresh['id']}/answer", json=body).json()
+    assert replay["challenge"]["passed"] is False and replay["faces"] == []
+    assert "neutral[0]: the same frame was sent in an earlier answer (a replay)" in replay["challenge"]["reasons"]
+
+
+def test_two_worker_processes_share_challenges(tmp_path):
+    """`facegate serve --workers 2` on one SQLite gallery: each step of cross_process_flow on the process it
+    names (x-facegate-worker checked on every answer). With challenges in each process's memory the
+    answer on the other process was a 404."""
+    s = ServerProcess(tmp_path / "data", "--workers", "2", env={"FACEGATE_ENROLL_LIVENESS": "true"}).start()
+    pins = None
+    try:
+        pins = Pinned(s.url)
+        cross_process_flow(pins.post, *pins.by_pid)
+    finally:
+        if pins is not None:
+            pins.close()
+        s.stop()
+
+
+def test_two_servers_on_one_postgres_share_challenges(tmp_path, pg_database):
+    """Two `facegate serve` on one PostgreSQL gallery: a challenge asked of one is answered by the other, once."""
+    url = pg_database()
+    env = {"FACEGATE_ENROLL_LIVENESS": "true"}
+    for d in ("one", "two"):
+        (tmp_path / d).mkdir()
+    one = ServerProcess(tmp_path / "one" / "data", "--gallery", url, env=env).start()
+    two = None
+    try:
+        two = ServerProcess(tmp_path / "two" / "data", "--gallery", url, env=env).start()
+        with one.client() as c1, two.client() as c2:
+            cross_process_flow(lambda c, path, **kw: c.post(path, **kw), c1, c2)
+    finally:
+        one.stop()
+        if two is not None:
+            two.stop()

@@ -25,6 +25,7 @@ from . import events, webhooks
 from facegate.events.service import build_hub
 from . import challenges
 from facegate.security.challenges import ChallengeStore
+from facegate.gallery.backends import challenges_for
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
 from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
@@ -59,7 +60,13 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             __version__, p.embedder.model_id, p.threshold, settings.tta, p.detector.name, describe(settings), g.person_count, g.face_count,
         )
         flusher = asyncio.create_task(_flush_tallies(app))
-        app.state.challenges = ChallengeStore(settings.challenge_ttl_s)  # active liveness nonces (api.challenges)
+        # Active liveness nonces (api.challenges), in the gallery's database: any process may answer one another asked.
+        app.state.challenges = ChallengeStore(
+            settings.challenge_ttl_s,
+            backend=await anyio.to_thread.run_sync(challenges_for, g, settings.encryption_key),
+            max_open=settings.challenge_max_open,
+            max_open_per_key=settings.challenge_max_open_per_key,
+        )
         # Cameras (docs/cameras.md): events go to the event store when there is one (app.state.events), else the log.
         app.state.cameras = CameraManager(
             settings, p, lambda: getattr(app.state, "events", None) or LogSink(), lambda: worker.pending >= worker.max_pending // 2
@@ -75,6 +82,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                 log.exception("could not write the audit counts at shutdown")
             await anyio.to_thread.run_sync(app.state.events.close)  # what is queued is stored first
             app.state.keys.close()
+            app.state.challenges.close()
             if own:
                 await anyio.to_thread.run_sync(p.close)
 

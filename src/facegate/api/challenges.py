@@ -15,6 +15,7 @@ import datetime as dt
 from dataclasses import replace
 from typing import Literal
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, StrictStr
@@ -78,7 +79,7 @@ def store(request: Request) -> ChallengeStore:
 @router.post("/challenges", response_model=ChallengeOut, status_code=201, responses={503: {"model": ErrorBody}})
 async def new_challenge(request: Request) -> ChallengeOut:
     """A fresh challenge: two distinct random actions, single use, expiring in ``challenge_ttl_s``."""
-    c = store(request).new(audit.current_actor.get())
+    c = await anyio.to_thread.run_sync(store(request).new, audit.current_actor.get())  # a database write
     now = dt.datetime.now(dt.timezone.utc).timestamp()
     return ChallengeOut(
         id=c.id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -207,7 +208,7 @@ async def enroll(request: Request, pipeline: PipelineDep, worker: WorkerDep) -> 
         cid = texts.get("challenge_id")
         if not isinstance(cid, str) or not cid:
             raise ChallengeRequiredError("enroll_liveness is on: send challenge_id, a liveness challenge the person passed", field="challenge_id")
-        live_face = request.app.state.challenges.spend_passed(cid, audit.current_actor.get())
+        live_face = await anyio.to_thread.run_sync(request.app.state.challenges.spend_passed, cid, audit.current_actor.get())
 
     def work():
         decoded = [decode_image(b, pipeline.limits, field=label) for label, b in images]

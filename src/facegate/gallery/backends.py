@@ -149,3 +149,16 @@ def events_for(gallery: GalleryBackend, encryption_key: str | None = None):
     from .events import SqliteEventStore
 
     return SqliteEventStore(gallery.data_dir / DB_NAME, encryption_key=encryption_key)
+
+
+def challenges_for(gallery: GalleryBackend, encryption_key: str | None = None):
+    """The liveness challenges beside an open gallery (its database), shared by every process on it."""
+    from .postgres import PgGallery
+
+    if isinstance(gallery, PgGallery):
+        from .pg_challenges import PgChallengeStore
+
+        return PgChallengeStore(gallery.url)
+    from .challenges import SqliteChallengeStore
+
+    return SqliteChallengeStore(gallery.data_dir / DB_NAME, encryption_key=encryption_key)

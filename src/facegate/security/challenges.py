@@ -6,19 +6,24 @@ refused. The frames of every answer are remembered by their SHA-256 for ``replay
 same frames sent again with a new challenge are refused; re-encoded frames are not caught by that, but
 they must still show the new challenge's random actions within its life.
 
-In memory, per server process: a challenge must be answered by the process that gave it (``facegate
-serve`` with one worker process, the default). Bounded: at most ``max_open`` unexpired challenges.
+Stored in the gallery's database (``facegate.gallery.challenges``: SQLite or PostgreSQL), so every
+process on one gallery shares them: ``facegate serve --workers N`` or several servers may each answer
+a challenge another asked, and single use holds across them (the database decides who spent it).
+Bounded: at most ``max_open`` unexpired challenges in all and ``max_open_per_key`` per API key
+(503 busy beyond); answered challenges and frame hashes are forgotten after ``replay_window_s``
+(and beyond ``10 * max_open`` rows, the oldest first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
 
 from facegate.errors import BusyError, ChallengeExpiredError, ChallengeNotFoundError, ChallengeRequiredError, ChallengeUsedError
 
@@ -30,116 +35,114 @@ class Challenge:
     id: str
     actions: tuple[str, ...]
     expires_at: float  # Unix seconds
-    #: Who asked for it (the API key's name, "unknown" without keys): only they may answer it.
+    #: Who asked for it (the request's audit actor: API key and address): only they may answer it.
     owner: str
 
 
+class ChallengeBackend(Protocol):
+    """Where challenges are kept: ``facegate.gallery.challenges.SqliteChallengeStore`` or ``PgChallengeStore``."""
+
+    def add(self, c, bucket: str, *, now: float, forget_at: float, max_open: int, max_open_per_key: int) -> str | None: ...
+    def take(self, challenge_id: str, owner: str, *, now: float, forget_at: float) -> tuple[str, object]: ...
+    def mark_passed(self, challenge_id: str, owner: str, vector: bytes, until: float) -> None: ...
+    def spend_passed(self, challenge_id: str, owner: str) -> tuple[bytes, float] | None: ...
+    def remember_frames(self, hashes: list[str], now: float) -> set[str]: ...
+    def purge(self, *, now: float, frames_before: float, keep_max: int) -> int: ...
+    def close(self) -> None: ...
+
+
+def bucket_of(owner: str) -> str:
+    """The API key part of an audit actor (``key:<id>@<address>``, ``open@<address>``): what the per-key bound counts."""
+    return owner.partition("@")[0]
+
+
 class ChallengeStore:
-    """Open challenges, answered ones (until they would have expired), and the hashes of answered frames."""
+    """The challenge rules over a ``ChallengeBackend``; without one, a private in-memory SQLite database
+    (one process's challenges: unit tests and embedding)."""
 
     def __init__(
         self,
         ttl_s: float = 10.0,
         *,
+        backend: ChallengeBackend | None = None,
         max_open: int = 10_000,
+        max_open_per_key: int = 1_000,
         replay_window_s: float = 600.0,
+        purge_every_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if backend is None:
+            from facegate.gallery.challenges import SqliteChallengeStore
+
+            backend = SqliteChallengeStore(":memory:")
+        self.backend = backend
         self.ttl_s = ttl_s
         self.max_open = max_open
+        self.max_open_per_key = max_open_per_key
         self.replay_window_s = replay_window_s
+        self.purge_every_s = purge_every_s
         self._clock = clock
-        self._lock = threading.Lock()
-        self._open: OrderedDict[str, Challenge] = OrderedDict()
-        self._closed: OrderedDict[str, tuple[str, float]] = OrderedDict()  # id -> ("answered" | "expired", forget at)
-        self._seen: OrderedDict[str, float] = OrderedDict()  # frame sha256 -> when it was answered
-        #: Passed challenges an enrolment may still spend (id -> (owner, expiry, faces' first-frame vector)).
-        self._passed: OrderedDict[str, tuple[str, float, object]] = OrderedDict()
+        self._next_purge = 0.0
 
     def new(self, owner: str, count: int = 2) -> Challenge:
-        """A fresh challenge of ``count`` distinct random actions; 503 busy when ``max_open`` are open."""
+        """A fresh challenge of ``count`` distinct random actions; 503 busy when a bound is reached."""
         rng = secrets.SystemRandom()
         now = self._clock()
-        with self._lock:
-            self._purge(now)
-            if len(self._open) >= self.max_open:
-                raise BusyError(f"{self.max_open} challenges are open; try again in {self.ttl_s:.0f} s")
-            c = Challenge(secrets.token_urlsafe(16), tuple(rng.sample(ACTIONS, count)), now + self.ttl_s, owner)
-            self._open[c.id] = c
+        self._purge(now)
+        c = Challenge(secrets.token_urlsafe(16), tuple(rng.sample(ACTIONS, count)), now + self.ttl_s, owner)
+        full = self.backend.add(
+            c, bucket_of(owner), now=now, forget_at=c.expires_at + self.replay_window_s,
+            max_open=self.max_open, max_open_per_key=self.max_open_per_key,
+        )
+        if full == "total":
+            raise BusyError(f"{self.max_open} challenges are open; try again in {self.ttl_s:.0f} s")
+        if full == "key":
+            raise BusyError(f"this API key has {self.max_open_per_key} challenges open; answer them or try again in {self.ttl_s:.0f} s")
         return c
 
     def take(self, challenge_id: str, owner: str) -> Challenge:
         """Spend a challenge for an answer: 404 unknown (or another client's), 409 answered, 410 expired."""
         now = self._clock()
-        with self._lock:
-            c = self._open.get(challenge_id)
-            if c is not None and c.owner != owner:
-                c = None
-            closed = self._closed.get(challenge_id)
-            if c is None and closed is not None and closed[0] == "expired":
-                raise ChallengeExpiredError(f"challenge {challenge_id} expired; ask for a new one", field="challenge_id")
-            if c is None:
-                if closed is not None:
-                    raise ChallengeUsedError(f"challenge {challenge_id} was already answered; ask for a new one", field="challenge_id")
-                raise ChallengeNotFoundError(f"no open challenge {challenge_id}", field="challenge_id")
-            del self._open[challenge_id]
-            self._closed[challenge_id] = ("answered", now + self.replay_window_s)
-            if now > c.expires_at:
-                raise ChallengeExpiredError(
-                    f"challenge {challenge_id} expired {now - c.expires_at:.1f} s before its answer came; ask for a new one",
-                    field="challenge_id",
-                )
-            return c
+        status, c = self.backend.take(challenge_id, owner, now=now, forget_at=now + self.replay_window_s)
+        if status == "taken":
+            return Challenge(c.id, c.actions, c.expires_at, c.owner)
+        if status == "expired":
+            raise ChallengeExpiredError(f"challenge {challenge_id} expired; ask for a new one", field="challenge_id")
+        if status == "used":
+            raise ChallengeUsedError(f"challenge {challenge_id} was already answered; ask for a new one", field="challenge_id")
+        raise ChallengeNotFoundError(f"no open challenge {challenge_id}", field="challenge_id")
 
     def replayed(self, frames: Iterable[bytes]) -> list[int]:
-        """Remember these frames; the indexes of those already sent in an earlier answer."""
+        """Remember these frames; the indexes of those already sent in an earlier answer (to any process)."""
         now = self._clock()
+        self._purge(now)
         hashes = [hashlib.sha256(f).hexdigest() for f in frames]
-        with self._lock:
-            self._purge(now)
-            old = [i for i, h in enumerate(hashes) if h in self._seen]
-            for h in hashes:
-                self._seen[h] = now
-                self._seen.move_to_end(h)
-        return old
+        old = self.backend.remember_frames(hashes, now)
+        return [i for i, h in enumerate(hashes) if h in old]
 
-    def passed(self, challenge_id: str, owner: str, vector: object) -> None:
+    def passed(self, challenge_id: str, owner: str, vector: np.ndarray) -> None:
         """Record a passed challenge, spendable once by an enrolment until ``ttl_s`` from now."""
-        with self._lock:
-            self._passed[challenge_id] = (owner, self._clock() + self.ttl_s, vector)
+        v = np.ascontiguousarray(vector, dtype=np.float32)
+        self.backend.mark_passed(challenge_id, owner, v.tobytes(), self._clock() + self.ttl_s)
 
-    def spend_passed(self, challenge_id: str, owner: str) -> object:
+    def spend_passed(self, challenge_id: str, owner: str) -> np.ndarray:
         """The first-frame face vector of a passed challenge, spent; ChallengeRequiredError otherwise."""
-        now = self._clock()
-        with self._lock:
-            got = self._passed.pop(challenge_id, None)
-        if got is None or got[0] != owner:
+        got = self.backend.spend_passed(challenge_id, owner)
+        if got is None:
             raise ChallengeRequiredError(
                 f"challenge {challenge_id} is not a passed, unspent challenge of this client", field="challenge_id"
             )
-        if now > got[1]:
+        vector, until = got
+        if self._clock() > until:
             raise ChallengeExpiredError(f"challenge {challenge_id} passed too long ago; answer a new one", field="challenge_id")
-        return got[2]
+        return np.frombuffer(vector, dtype=np.float32).copy()
+
+    def close(self) -> None:
+        self.backend.close()
 
     def _purge(self, now: float) -> None:
-        """Forget expired open challenges, used ids past their window and old frame hashes (lock held)."""
-        while self._open:
-            k, c = next(iter(self._open.items()))
-            if c.expires_at >= now:
-                break
-            del self._open[k]
-            self._closed[k] = ("expired", now + self.replay_window_s)  # a late answer still hears "expired"
-        for d, stamp_of in ((self._closed, lambda v: v[1]), (self._passed, lambda v: v[1])):
-            while d:
-                k, v = next(iter(d.items()))
-                if stamp_of(v) >= now:
-                    break
-                del d[k]
-        for d in (self._closed, self._seen):  # bounded whatever the rate
-            while len(d) > 10 * self.max_open:
-                d.popitem(last=False)
-        while self._seen:
-            k, t = next(iter(self._seen.items()))
-            if t + self.replay_window_s >= now:
-                break
-            del self._seen[k]
+        """Forget what is past its time, at most every ``purge_every_s`` in this process."""
+        if now < self._next_purge:
+            return
+        self._next_purge = now + self.purge_every_s
+        self.backend.purge(now=now, frames_before=now - self.replay_window_s, keep_max=10 * self.max_open)

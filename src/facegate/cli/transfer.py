@@ -8,6 +8,10 @@ gallery (``--existing skip`` passes over those already enrolled instead). Then e
 as an enrolment would store them (their faces' vectors, crops and source labels; new ids), and the
 import is audited. People with no face (possible since single faces can be deleted) are not enrolled,
 and said.
+
+An export carries identity, not history: no event log, webhooks or delivery log (new ids here would
+point old events at the wrong people; webhook secrets would travel in a file). ``facegate gallery
+migrate`` moves those (docs/deployment.md, "What the export leaves out").
 """
 
 from __future__ import annotations

@@ -91,6 +91,7 @@ def _said(proc) -> str:
 
 def test_migrate_carries_events_and_webhooks_and_a_deleted_person_takes_their_events(pg_database, tmp_path):
     from facegate.gallery.pg_events import PgEventStore
+    from facegate.gallery.postgres import PgGallery
 
     data = tmp_path / "embedded"
     ada, bob = _source(data, None)
@@ -112,6 +113,10 @@ def test_migrate_carries_events_and_webhooks_and_a_deleted_person_takes_their_ev
         assert later > max(seq for seq, _, _ in before["events"])
     finally:
         pg.close()
+    g = PgGallery(url, MODEL, DIM)
+    entry = g.audit_log(1)[0]
+    g.close()
+    assert entry.action == "migrate" and entry.detail == {"faces": 3, "people": 2, "events": 5, "webhooks": 1}
 
     # Ada deleted on PostgreSQL through the CLI: her events (and their crops) go in the same transaction.
     gone = _cli("people", "delete", ADA, FACEGATE_GALLERY=url, FACEGATE_DATA_DIR=str(tmp_path / "unused"))

@@ -168,6 +168,8 @@ def test_expired_rows_are_removed(opener):
     assert vector() is None
     with pytest.raises(ChallengeUsedError):
         p.take(c.id, c.owner)
+    with pytest.raises(ChallengeRequiredError):
+        p.spend_passed(c.id, c.owner)
     big = opener(ttl_s=60, purge_every_s=0.0, max_open=2, max_open_per_key=2)
     for i in range(25):
         big.replayed([f"f{i}".encode()])
@@ -194,3 +196,28 @@ def test_sqlite_seals_the_passed_face_with_the_gallery_key(tmp_path):
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT vector, state FROM challenges WHERE id = ?", (c.id,)).fetchone() == (None, "spent")
     s.close()
+
+
+def test_gallery_encrypt_drops_passed_faces_stored_in_the_clear(tmp_path):
+    """`facegate gallery encrypt` (Gallery.seal_existing) on a gallery whose challenge table holds a passed face
+    written before the key: afterwards its vector is in no file; the challenge can no longer be enrolled with."""
+    from facegate.gallery.challenges import SqliteChallengeStore
+    from facegate.gallery.sqlite import DB_NAME, Gallery
+    from facegate.security.encryption import new_key
+
+    data = tmp_path / "data"
+    data.mkdir()
+    g = Gallery(data, "test-model", 512)
+    s = ChallengeStore(backend=SqliteChallengeStore(data / DB_NAME))
+    vec = (np.arange(512, dtype=np.float32) + 0.123) / 1000
+    c = s.new("key:k1@h")
+    s.take(c.id, c.owner)
+    s.passed(c.id, c.owner, vec)
+    on_disk = lambda: b"".join(f.read_bytes() for f in data.iterdir() if f.is_file())  # noqa: E731
+    assert vec.tobytes() in on_disk()  # so the check below can fail
+    g.seal_existing(new_key())
+    assert vec.tobytes() not in on_disk()
+    with pytest.raises(ChallengeRequiredError):
+        s.spend_passed(c.id, c.owner)
+    s.close()
+    g.close()

@@ -141,7 +141,7 @@ class ChallengeSQL:
             ).fetchone()
             if row is not None:  # RETURNING gives the new row: the vector is cleared in a second statement
                 self._x(cur, "UPDATE challenges SET vector = NULL WHERE id = ?", (challenge_id,))
-        if row is None:
+        if row is None or row[0] is None:
             return None
         return self._sealer.open(bytes(row[0])), float(row[1])
 
@@ -166,7 +166,7 @@ class ChallengeSQL:
                 return 0
             n += self._x(cur, "DELETE FROM challenges WHERE forget_at < ?", (now,)).rowcount
             # a passed face never enrolled with: its vector goes once it can no longer be spent
-            self._x(cur, "UPDATE challenges SET vector = NULL WHERE vector IS NOT NULL AND passed_until < ?", (now,))
+            self._x(cur, "UPDATE challenges SET vector = NULL, state = 'spent' WHERE vector IS NOT NULL AND passed_until < ?", (now,))
             n += self._x(cur, "DELETE FROM challenge_frames WHERE seen_at < ?", (frames_before,)).rowcount
             for table, order, key in (("challenges", "forget_at", "id"), ("challenge_frames", "seen_at", "sha256")):
                 row = self._x(cur, f"SELECT {order} FROM {table} ORDER BY {order} DESC LIMIT 1 OFFSET ?", (int(keep_max),)).fetchone()
@@ -211,3 +211,11 @@ class SqliteChallengeStore(ChallengeSQL):
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def clear_passed_faces(cur: sqlite3.Cursor) -> int:
+    """Drop the face vectors of passed challenges, in the caller's transaction (``facegate gallery encrypt``:
+    written in the clear before the key, they are not worth sealing: an enrolment may spend one for seconds)."""
+    if cur.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'challenges'").fetchone() is None:
+        return 0
+    return cur.execute("UPDATE challenges SET vector = NULL, state = 'spent' WHERE vector IS NOT NULL").rowcount

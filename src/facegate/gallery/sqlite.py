@@ -47,6 +47,7 @@ from .names import exists_error
 from .pqindex import exact_top
 from .purge import WalPurger
 from .events import seal_event_rows
+from .challenges import clear_passed_faces
 from .schema import DB_NAME, SCHEMA_VERSION, Transactions, connect, create_tables, stored_model
 from .sealing import SealedColumns, _seal_names, _seal_sources
 from .upkeep import INDEX_META, INDEX_NAME, IndexUpkeep
@@ -307,6 +308,7 @@ class Gallery(Transactions, SealedColumns, InMemory, IndexUpkeep, GalleryCounts)
                 people = _seal_names(cur, sealer)
                 _seal_sources(cur, sealer)
                 seal_event_rows(cur, sealer)  # the event log's names and crops, webhook secrets (gallery/events.py)
+                clear_passed_faces(cur)  # passed liveness challenges' faces (gallery/challenges.py)
                 cur.execute("INSERT INTO meta VALUES ('encryption', ?)", (sealer.fingerprint,))
                 audit.record(cur, audit.ENCRYPT, None, faces=len(rows), people=people)
             self._scrub()

@@ -356,13 +356,14 @@ class PgGallery(GalleryCounts):
         """Forget a person: their row, every face vector and crop (the index entries go with the rows)."""
         with self._tx() as (con, _):
             person = self._get_person(con, person_id)
+            had_events = con.execute("SELECT EXISTS (SELECT 1 FROM events WHERE person_id = %s)", (person_id,)).fetchone()[0]
             con.execute("DELETE FROM faces WHERE person_id = %s", (person_id,))
-            con.execute("DELETE FROM people WHERE id = %s", (person_id,))
+            con.execute("DELETE FROM people WHERE id = %s", (person_id,))  # their events go with it (ON DELETE CASCADE)
             _audit(con, audit.DELETE, person_id, faces=person.face_count)
             con.execute(
                 "UPDATE gallery_state SET people = people - 1, faces = faces - %s, generation = generation + 1", (person.face_count,)
             )
-        self._purger.purge()  # the dead rows hold the name, key, vectors and crops
+        self._purger.purge(also=("events",) if had_events else ())  # the dead rows hold the name, key, vectors and crops
         return person
 
     def rename_person(self, person_id: int, name: str, max_name_length: int = 128) -> Person:

@@ -125,6 +125,7 @@ class PgPurger:
         self._connection = connection
         self._where = where
         self._tables = tables
+        self._due: set[str] = set()  # tables with deleted rows still in their files (rewritten at the next try)
         self._lock = threading.Lock()
         self._pending = False
         self._closing = threading.Event()
@@ -136,14 +137,15 @@ class PgPurger:
         return self._pending
 
     def _vacuum(self, wait_s: float) -> bool:
-        """One VACUUM FULL of the tables; True when no dead row had to be kept."""
+        """One VACUUM FULL of the tables due; True when no dead row had to be kept."""
         notes: list[str] = []
+        tables = [*self._tables, *sorted(self._due - set(self._tables))]
         try:
             with self._connection() as con:
                 con.add_notice_handler(lambda d: notes.append(d.message_detail or ""))
                 con.execute(f"SET lock_timeout = '{int(wait_s * 1000)}ms'")
                 try:
-                    con.execute(f"VACUUM (FULL, VERBOSE) {', '.join(self._tables)}")
+                    con.execute(f"VACUUM (FULL, VERBOSE) {', '.join(tables)}")
                 finally:
                     con.execute("RESET lock_timeout")
         except Exception as exc:  # lock timeout, a restart: tried again later
@@ -152,11 +154,14 @@ class PgPurger:
         kept = sum(int(m.group(1)) for n in notes for m in _NOT_REMOVABLE.finditer(n))
         return kept == 0
 
-    def purge(self, wait_s: float = PURGE_WAIT_S) -> bool:
+    def purge(self, wait_s: float = PURGE_WAIT_S, also: tuple[str, ...] = ()) -> bool:
         """Rewrite the tables now if no one holds them for more than ``wait_s``; else mark the purge pending
-        and retry in the background. True when no deleted row is left in the tables' files."""
+        and retry in the background. True when no deleted row is left in the tables' files. ``also``: more
+        tables this deletion left rows in (the event log, only when the person had events: it may be large)."""
         with self._lock:
+            self._due.update(also)
             if self._vacuum(wait_s):
+                self._due.clear()
                 if self._pending:
                     log.info("the pending purge of %s finished: no deleted row is left in its tables' files", self._where)
                 self._pending = False
@@ -179,6 +184,7 @@ class PgPurger:
                     break
                 if self._vacuum(PURGE_WAIT_S):
                     self._pending = False
+                    self._due.clear()
                     log.info("the pending purge of %s finished: no deleted row is left in its tables' files", self._where)
                     break
         with self._lock:

@@ -260,8 +260,14 @@ class Pinned:
         raise AssertionError(f"connections reached only processes {list(self.by_pid)}")
 
     def post(self, pid: str, path: str, **kw):
+        import httpx
+
         c = self.by_pid[pid]
-        assert c.get("/healthz").headers["x-facegate-worker"] == pid  # the connection is still to that process
+        for _ in range(200):  # an idle connection closed by the server (keep-alive timeout): connect again to that process
+            if c.get("/healthz").headers["x-facegate-worker"] == pid:
+                break
+            c.close()
+            c = self.by_pid[pid] = httpx.Client(base_url=str(c.base_url), timeout=60)
         r = c.post(path, **kw)
         assert r.headers["x-facegate-worker"] == pid, (pid, r.headers)
         return r

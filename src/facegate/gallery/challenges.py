@@ -22,10 +22,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from facegate.security.encryption import Sealer
-from .schema import connect
+from .schema import connect, write_tx
+from .sqltext import SqlText
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS challenges (
@@ -59,25 +60,12 @@ class StoredChallenge:
     expires_at: float
 
 
-class ChallengeSQL:
+class ChallengeSQL(SqlText):
     """The statements both backends share (``?`` placeholders; PostgreSQL's store rewrites them).
 
     Subclasses give ``_tx`` (one write transaction, yielding something with ``execute``) and may lock
     in ``_lock_new`` (PostgreSQL: so that two servers never both take the last open slot).
     """
-
-    _sealer: Sealer
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-        yield
-
-    def _q(self, sql: str) -> str:
-        return sql
-
-    def _x(self, cur, sql: str, params: Sequence = ()) -> Any:
-        return cur.execute(self._q(sql), tuple(params))
 
     def _lock_new(self, cur) -> None:
         """Serialise ``add``'s count and insert between servers (SQLite's write lock already does)."""
@@ -197,16 +185,8 @@ class SqliteChallengeStore(ChallengeSQL):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with write_tx(self._db, self._lock) as cur:
+            yield cur
 
     def close(self) -> None:
         with self._lock:

@@ -19,11 +19,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from facegate.events.model import Event
 from facegate.security.encryption import Sealer
-from .schema import connect
+from .schema import connect, write_tx
+from .sqltext import SqlText
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +134,11 @@ def seal_event_rows(cur: sqlite3.Cursor, sealer: Sealer) -> int:
     return n
 
 
-class EventSQL:
+class EventSQL(SqlText):
     """The queries both backends share (``?`` placeholders; the PostgreSQL store rewrites them).
 
     Subclasses give ``_tx`` (one transaction, yielding something with ``execute``) and ``_read``.
     """
-
-    _sealer: Sealer
-
-    @contextmanager
-    def _tx(self) -> Iterator[Any]:  # pragma: no cover - abstract
-        raise NotImplementedError
-        yield
-
-    def _q(self, sql: str) -> str:
-        return sql
-
-    def _x(self, cur, sql: str, params: Sequence = ()) -> Any:
-        return cur.execute(self._q(sql), tuple(params))
 
     def _after_add(self, cur, seq: int) -> None:
         """Hook inside the insert's transaction (PostgreSQL: NOTIFY the other servers)."""
@@ -328,16 +315,8 @@ class SqliteEventStore(EventSQL):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        with write_tx(self._db, self._lock) as cur:
+            yield cur
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Cursor]:

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 from facegate.security.encryption import Sealer
 from .events import EventSQL
-from .postgres import MIGRATION_LOCK, _connect, _import_psycopg, migrate, redact
+from .sqltext import PgSqlText
+from .postgres import _import_psycopg, migrated_pool, redact
 
 log = logging.getLogger(__name__)
 
@@ -21,36 +22,16 @@ log = logging.getLogger(__name__)
 CHANNEL = "facegate_events"
 
 
-class PgEventStore(EventSQL):
+class PgEventStore(PgSqlText, EventSQL):
     """Same interface as ``SqliteEventStore``; a small pool of its own, apart from searches'."""
 
     notifies = True
 
     def __init__(self, url: str) -> None:
-        _import_psycopg()
-        from psycopg_pool import ConnectionPool
-
         self.url = url
         self._sealer = Sealer(None)  # the PostgreSQL gallery refuses encryption_key (pgvector reads the vectors)
-        with _connect(url) as con:
-            con.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            try:
-                migrate(con)
-            finally:
-                con.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=4, kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=True,
-            name="facegate-events",
-        )
+        self._pool = migrated_pool(url, "facegate-events")
         self._closing = threading.Event()
-
-    def _q(self, sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    @contextmanager
-    def _tx(self) -> Iterator:
-        with self._pool.connection() as con, con.transaction():
-            yield con
 
     @contextmanager
     def _read(self) -> Iterator:

@@ -116,6 +116,26 @@ def migrate(con) -> list[int]:
     return applied
 
 
+def migrated_pool(url: str, name: str, max_size: int = 4):
+    """Migrate the database under the advisory lock, then open a small autocommit pool of the caller's own.
+
+    Keys, events and challenges each keep their pool apart from searches', so that none waits behind them.
+    """
+    _import_psycopg()
+    from psycopg_pool import ConnectionPool
+
+    with _connect(url) as con:
+        con.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            migrate(con)
+        finally:
+            con.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+    return ConnectionPool(
+        url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=True,
+        name=name,
+    )
+
+
 def _audit(cur, action: str, person_id: int | None = None, **detail: object) -> None:
     """An audit row inside the caller's transaction (as ``facegate.security.audit.record`` does for SQLite)."""
     cur.execute(
@@ -563,19 +583,7 @@ class PgKeyStore:
     """
 
     def __init__(self, url: str) -> None:
-        _import_psycopg()
-        from psycopg_pool import ConnectionPool
-
-        with _connect(url) as con:
-            con.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
-            try:
-                migrate(con)
-            finally:
-                con.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
-        self._pool = ConnectionPool(
-            url, min_size=1, max_size=4, kwargs={"autocommit": True}, check=ConnectionPool.check_connection, open=True,
-            name="facegate-keys",
-        )
+        self._pool = migrated_pool(url, "facegate-keys")
 
     def close(self) -> None:
         self._pool.close()

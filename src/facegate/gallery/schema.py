@@ -79,6 +79,22 @@ def stored_model(db: Path) -> tuple[str, int] | None:
     return meta["model_id"], int(meta["dim"])
 
 
+@contextmanager
+def write_tx(db: sqlite3.Connection, lock) -> Iterator[sqlite3.Cursor]:
+    """One write transaction on ``db`` under ``lock``; ``BEGIN IMMEDIATE`` takes the write lock up front so
+    writers never deadlock. Rolled back on any error (KeyboardInterrupt too), else committed."""
+    with lock:
+        cur = db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+
+
 class Transactions:
     """``Gallery``'s transactions and meta rows (``_db`` and ``_lock`` are the gallery's)."""
 
@@ -89,17 +105,9 @@ class Transactions:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Cursor]:
-        """One write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so writers never deadlock."""
-        with self._lock:
-            cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
-            try:
-                yield cur
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            else:
-                cur.execute("COMMIT")
+        """One write transaction (``write_tx`` on the gallery's connection and lock)."""
+        with write_tx(self._db, self._lock) as cur:
+            yield cur
 
     def _check_model(self, cur: sqlite3.Cursor) -> None:
         row = cur.execute("SELECT value FROM meta WHERE key = 'model_id'").fetchone()

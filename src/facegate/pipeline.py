@@ -276,8 +276,8 @@ class Pipeline:
     # ------------------------------------------------------------------ faces
     def locate(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> LocatedFace:
         """The one face an image (a photo or a client's face crop) is about, aligned (``Locator.locate``)."""
-        return self.locator.locate(image, eyes, field=field, crop=crop)
         cancel.check("locate")  # each stage first checks the request's deadline (``cancel``): no work for no one
+        return self.locator.locate(image, eyes, field=field, crop=crop)
 
     def embed(self, aligned: Sequence[np.ndarray]) -> np.ndarray:
         return self.embed_with_norm(aligned)[0]
@@ -286,8 +286,8 @@ class Pipeline:
         """Unit vectors and feature norms (a quality signal for AdaFace)."""
         if not len(aligned):
             return np.zeros((0, self.embedder.dim), np.float32), np.zeros((0,), np.float32)
-        batch = np.stack(aligned)
         cancel.check("embed")
+        batch = np.stack(aligned)
         if self.batcher is not None:
             return self.batcher(batch, cancel.remaining(self.settings.request_timeout_s))
         return self.embedder.embed_with_norm(batch)
@@ -364,8 +364,8 @@ class Pipeline:
             return
         worst: tuple[Neighbour, str] | None = None
         for vec, f in zip(vecs, fields):
-            best: dict[int, Neighbour] = {}
             cancel.check("search")
+            best: dict[int, Neighbour] = {}
             for n in self.gallery.search(vec, max(self.settings.top_k, 5)):
                 if n.person_id not in best or n.similarity > best[n.person_id].similarity:
                     best[n.person_id] = n
@@ -414,8 +414,8 @@ class Pipeline:
                         f"{f}: not the face that passed the challenge (similarity {sim:.2f}, at least {self.threshold:.2f} needed)", field=f
                     )
         self._refuse_duplicates([v for _, v, _ in kept], [f for _, _, f in kept], None, allow_duplicate)
-        person = self.gallery.add_person(name, self._new_faces(kept), self.embedder.model_id, self.settings.max_name_length)
         cancel.check("store")  # a request that timed out stores nothing
+        person = self.gallery.add_person(name, self._new_faces(kept), self.embedder.model_id, self.settings.max_name_length)
         return Enrolment(person, tuple(dropped))
 
     def add_photos(
@@ -427,8 +427,8 @@ class Pipeline:
         kept, dropped = self._screen(images, fields)
         self._require(kept, dropped, 1)
         self._refuse_duplicates([v for _, v, _ in kept], [f for _, _, f in kept], person_id, allow_duplicate)
-        return Enrolment(self.gallery.add_faces(person_id, self._new_faces(kept), self.embedder.model_id), tuple(dropped))
         cancel.check("store")
+        return Enrolment(self.gallery.add_faces(person_id, self._new_faces(kept), self.embedder.model_id), tuple(dropped))
 
     def enroll(self, name: str, images: Sequence[np.ndarray], fields: Sequence[str] | None = None, **kw) -> Person:
         """``enroll_photos``'s person."""
@@ -439,8 +439,8 @@ class Pipeline:
         return self.add_photos(person_id, images, fields, **kw).person
 
     def decide(self, embedding: np.ndarray) -> Decision:
-        return rank(self.gallery.search(embedding, self.settings.top_k), self.threshold, self.settings.top_k)
         cancel.check("search")
+        return rank(self.gallery.search(embedding, self.settings.top_k), self.threshold, self.settings.top_k)
 
     def identify_face(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> Identification:
         """Who is the one face in this image (the reference ``/predict``: a client's face crop, ``crop=True``)."""
@@ -470,8 +470,8 @@ class Pipeline:
 
     def identify_all(self, image: np.ndarray) -> list[Identification]:
         """Every face in a photo, each with its identity (or "retry" when too poor to name)."""
-        return self._passive(image, self._identify(self.locator.faces(image)))
         cancel.check("locate")
+        return self._passive(image, self._identify(self.locator.faces(image)))
 
     # ------------------------------------------------------------------ liveness
     def passive_check(self, image: np.ndarray, located: Sequence[LocatedFace]) -> list[Liveness]:

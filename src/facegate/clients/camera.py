@@ -187,8 +187,8 @@ class Reporter:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)  # a terminal wraps; a log or a pipe keeps whole lines
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
 
     def event(self, kind: str, text: str, **fields: Any) -> None:
         if self.as_json:
@@ -452,11 +452,11 @@ def _run(fn: Callable[[], int]) -> None:
     try:
         raise typer.Exit(fn())
     except AuthError as exc:
-        Console(stderr=True).print(f"[red]refused ({exc.status}):[/red] {escape(exc.detail)} — check --api-key / FACEGATE_API_KEY")
+        Console(stderr=True, soft_wrap=True).print(f"[red]refused ({exc.status}):[/red] {escape(exc.detail)} — check --api-key / FACEGATE_API_KEY")
         raise typer.Exit(3) from None
     except ClientError as exc:
         what = f"refused ({exc.status})" if exc.status else "error"
-        Console(stderr=True).print(f"[red]{what}:[/red] {escape(exc.detail)}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]{what}:[/red] {escape(exc.detail)}")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

@@ -29,8 +29,10 @@ def _big_jpeg(astronaut: np.ndarray, side: int, seed: int) -> str:
 
 
 def test_a_timed_out_enrolment_stops_frees_its_worker_and_stores_nothing(start_server, astronaut):
-    s = start_server(None, env={"FACEGATE_REQUEST_TIMEOUT_S": "1.0", "FACEGATE_RATE_LIMIT_PER_IP": ""})
-    images = [_big_jpeg(astronaut, 2400, i) for i in range(10)]  # ten large photos: seconds of work here
+    # Ten large photos take several times a 0.15 s deadline on any machine (each is decoded, detected,
+    # aligned and embedded twice, flip TTA); a 1 s deadline was too close on an idle machine (201).
+    s = start_server(None, env={"FACEGATE_REQUEST_TIMEOUT_S": "0.15", "FACEGATE_RATE_LIMIT_PER_IP": ""})
+    images = [_big_jpeg(astronaut, 2400, i) for i in range(10)]
     with s.client() as c:
         r = c.post("/v1/people", json={"name": "Tim Out", "images": images})
         assert r.status_code == 503 and r.json()["code"] in ("timeout", "deadline_exceeded"), r.text

@@ -328,7 +328,7 @@ def load_embedder(
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads.
 
     ``precision = "int8"``: its 8-bit copy in ``models_dir/int8``, built there from the float model on
-    first use (``facegate.vision.quantize``; one to four minutes on two cores). Its ``model_id`` ends in ``-int8``: a gallery
+    first use (``facegate.vision.quantize``; one to four minutes on two cores). Its ``model_id`` ends in ``-int8.2`` (the recipe): a gallery
     made at one precision refuses the other until ``facegate gallery reembed``.
     """
     if precision not in PRECISIONS:
@@ -348,7 +348,7 @@ def load_embedder(
         build_int8_model(name, Path(models_dir), threads=threads)
         found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
         assert found is not None
-    kw["version"] = f"{kw['version']}-int8"
+    kw["version"] = f"{kw['version']}-int8.{quantize.RECIPE}"
     return OnnxEmbedder(found[0], threads=threads, lane=lane, **kw)
 
 

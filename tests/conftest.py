@@ -372,6 +372,20 @@ def make_store(request, tmp_path, kind: str) -> GalleryStore:
     return GalleryStore(kind, tmp_path / "data")
 
 
+@pytest.fixture
+def two_servers(tmp_path, pg_database):
+    """Two `facegate serve` processes on one throwaway PostgreSQL gallery: its URL and the servers."""
+    url = pg_database()
+    servers = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        servers.append(ServerProcess(d / "data", "--gallery", url).start())
+    yield url, servers
+    for s in servers:
+        s.stop()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path) -> GalleryStore:
     """The same test on the embedded gallery and on PostgreSQL + pgvector."""

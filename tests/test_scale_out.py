@@ -15,22 +15,8 @@ import time
 
 import httpx
 import numpy as np
-import pytest
 
-from conftest import ServerProcess, b64
-
-
-@pytest.fixture
-def two_servers(tmp_path, pg_database):
-    url = pg_database()
-    servers = []
-    for name in ("a", "b"):
-        d = tmp_path / name
-        d.mkdir()
-        servers.append(ServerProcess(d / "data", "--gallery", url).start())
-    yield url, servers
-    for s in servers:
-        s.stop()
+from conftest import b64
 
 
 def _register(c: httpx.Client, name: str, images: list[str], allow_duplicate: bool | None = None) -> httpx.Response:

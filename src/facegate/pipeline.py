@@ -445,11 +445,12 @@ class Pipeline:
     def identify_face(self, image: np.ndarray, eyes: np.ndarray | None = None, *, field: str = "image", crop: bool = False) -> Identification:
         """Who is the one face in this image (the reference ``/predict``: a client's face crop, ``crop=True``)."""
         lf = self.locate(image, eyes, field=field, crop=crop)
-        return self._passive(image, self._identify([lf]))[0]
+        return self._passive(image, self.identify_located([lf]))[0]
 
-    def _identify(self, located: Sequence[LocatedFace]) -> list[Identification]:
-        """Faces below the quality floor get "retry" (decision unknown, similarity 0): those whose crop
-        already shows it are not even embedded; the others are judged again with their feature norm."""
+    def identify_located(self, located: Sequence[LocatedFace]) -> list[Identification]:
+        """Identities of faces already located (a photo's, a camera frame's), liveness aside. Faces below
+        the quality floor get "retry" (decision unknown, similarity 0): those whose crop already shows it
+        are not even embedded; the others are judged again with their feature norm."""
         verdicts = [self.judge_probe(lf) for lf in located]
         good = [lf for lf, v in zip(located, verdicts) if v.ok]
         vecs, norms = self.embed_with_norm([lf.aligned for lf in good])
@@ -471,7 +472,7 @@ class Pipeline:
     def identify_all(self, image: np.ndarray) -> list[Identification]:
         """Every face in a photo, each with its identity (or "retry" when too poor to name)."""
         cancel.check("locate")
-        return self._passive(image, self._identify(self.locator.faces(image)))
+        return self._passive(image, self.identify_located(self.locator.faces(image)))
 
     # ------------------------------------------------------------------ liveness
     def passive_check(self, image: np.ndarray, located: Sequence[LocatedFace]) -> list[Liveness]:

@@ -3,27 +3,11 @@ both servers' live streams (LISTEN/NOTIFY carrying its seq) and both servers' ev
 
 from __future__ import annotations
 
-import pytest
-
-from conftest import ServerProcess
 from test_events_api import SSEReader
 
 
-@pytest.fixture
-def two_servers(tmp_path, pg_database):
-    url = pg_database()
-    servers = []
-    for name in ("a", "b"):
-        d = tmp_path / name
-        d.mkdir()
-        servers.append(ServerProcess(d / "data", "--gallery", url).start())
-    yield servers
-    for s in servers:
-        s.stop()
-
-
 def test_every_servers_stream_carries_every_servers_events(two_servers):
-    a, b = two_servers
+    _, (a, b) = two_servers
     on_a, on_b = SSEReader(a.url + "/v1/events/stream", {}), SSEReader(b.url + "/v1/events/stream", {})
     try:
         with a.client() as ca, b.client() as cb:

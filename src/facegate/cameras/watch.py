@@ -37,20 +37,14 @@ CROP_QUALITY = 90
 
 
 def identify_one(pipeline: Pipeline, image: np.ndarray, lf: LocatedFace) -> Identification:
-    """Identify one located face as ``/v1/identify`` does (quality floor, then the model, the gallery and
-    ``rank``; with ``liveness = "passive"`` or ``"both"`` the passive check), through the server's batcher.
-    A camera cannot ask for an action, so ``"challenge"`` alone leaves its faces unchecked (the manager says so)."""
-    verdict = pipeline.judge_probe(lf)
-    if not verdict.ok:
-        return Identification(lf, RETRY, pipeline.threshold, verdict)
-    vecs, norms = pipeline.embed_with_norm([lf.aligned])
-    lf = replace(lf, quality=replace(lf.quality, feature_norm=float(norms[0]))) if lf.quality else lf
-    verdict = pipeline.judge_probe(lf)
-    if not verdict.ok:
-        return Identification(lf, RETRY, pipeline.threshold, verdict)
-    ident = Identification(lf, pipeline.decide(vecs[0]), pipeline.threshold, verdict)
-    if pipeline.settings.liveness in ("passive", "both") and lf.box is not None:
-        check = pipeline.passive_check(image, [lf])[0]
+    """Identify one located face as ``/v1/identify`` does (``Pipeline.identify_located``: quality floor,
+    the model through the server's batcher, the gallery and ``rank``), then, with ``liveness = "passive"``
+    or ``"both"``, the passive check of a face good enough to judge (a poor one stays "retry" and does
+    not count in the track's vote). A camera cannot ask for an action, so ``"challenge"`` alone leaves its
+    faces unchecked (the manager says so)."""
+    ident = pipeline.identify_located([lf])[0]
+    if not ident.retry and pipeline.settings.liveness in ("passive", "both") and lf.box is not None:
+        check = pipeline.passive_check(image, [ident.located])[0]
         ident = replace(ident, liveness=check, decision=ident.decision if check.live else RETRY)
     return ident
 

@@ -325,6 +325,16 @@ class Settings(BaseSettings):
     def models_dir(self) -> Path:
         return self.data_dir / "models"
 
+    @property
+    def passive_liveness(self) -> bool:
+        """Faces are checked by the passive model (``liveness`` "passive" or "both")."""
+        return self.liveness in ("passive", "both")
+
+    @property
+    def challenge_liveness(self) -> bool:
+        """Only an answered challenge names a face (``liveness`` "challenge" or "both")."""
+        return self.liveness in ("challenge", "both")
+
     @field_validator("rate_limit_per_key", "rate_limit_per_ip", "rate_limit_auth_failures")
     @classmethod
     def _rate(cls, v: str) -> str:

@@ -232,7 +232,7 @@ class Pipeline:
         if batching:
             server_thread_settings(settings.batch_scheduling)
         # Loaded whenever imported (POST /v1/liveness); with liveness = "passive" a server will not start without one.
-        passive = settings.liveness in ("passive", "both")
+        passive = settings.passive_liveness
         liveness = load_liveness(settings.models_dir, required=passive)
         if liveness is None and passive:
             raise LivenessUnavailableError(f"liveness = {settings.liveness!r}: {NO_MODEL}")
@@ -486,9 +486,9 @@ class Pipeline:
     def _passive(self, image: np.ndarray, idents: list[Identification]) -> list[Identification]:
         """With ``liveness = "passive"``: each face carries its check, and a face judged spoof is named nobody.
         With ``"challenge"`` (or ``"both"``), no face is named here: only an answered challenge names."""
-        if self.settings.liveness in ("challenge", "both"):
+        if self.settings.challenge_liveness:
             idents = [replace(i, decision=RETRY, challenge="required") for i in idents]
-        if self.settings.liveness not in ("passive", "both") or not idents:
+        if not self.settings.passive_liveness or not idents:
             return idents
         checks = self.passive_check(image, [i.located for i in idents])
         return [replace(i, liveness=c, decision=i.decision if c.live else RETRY) for i, c in zip(idents, checks)]
@@ -530,7 +530,7 @@ class Pipeline:
             v = self.judge_probe(lf0)
             decision = self.decide(first[0]) if v.ok and outcome.passed else RETRY
             ident = Identification(lf0, decision, self.threshold, v, challenge="passed" if outcome.passed else "failed")
-            if self.settings.liveness in ("passive", "both") and self.liveness is not None:
+            if self.settings.passive_liveness and self.liveness is not None:
                 c = self.passive_check(neutral[0], [lf0])[0]
                 ident = replace(ident, liveness=c, decision=ident.decision if c.live else RETRY)
             idents.append(ident)

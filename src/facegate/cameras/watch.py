@@ -43,7 +43,7 @@ def identify_one(pipeline: Pipeline, image: np.ndarray, lf: LocatedFace) -> Iden
     not count in the track's vote). A camera cannot ask for an action, so ``"challenge"`` alone leaves its
     faces unchecked (the manager says so)."""
     ident = pipeline.identify_located([lf])[0]
-    if not ident.retry and pipeline.settings.liveness in ("passive", "both") and lf.box is not None:
+    if not ident.retry and pipeline.settings.passive_liveness and lf.box is not None:
         check = pipeline.passive_check(image, [ident.located])[0]
         ident = replace(ident, liveness=check, decision=ident.decision if check.live else RETRY)
     return ident

@@ -11,7 +11,7 @@ model just before it, and the figures are the medians of the rounds.
 Prints the polite key's served faces/s as a share of the model's best, both keys' together, and the polite p99
 latency. Bounded: about --seconds + 6 s a round + 10 s.
 
-    python bench/fairness.py [--seconds 20] [--clients 16] [--json out.json]
+    python bench/fairness.py [--seconds 20] [--clients 16] [--flood-clients 64] [--json out.json]
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--clients", type=int, default=16, help="connections of each key")
+    ap.add_argument("--flood-clients", type=int, help="connections of the flooding key (default: --clients)")
     ap.add_argument("--rounds", type=int, default=4, help="stretches of load, each right after the model alone")
     ap.add_argument("--serve-args", default="", help="extra `facegate serve` flags")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
+    flood_n = args.flood_clients or args.clients
 
     from facegate.config import Settings
     from facegate.vision.embed import FlipTTA, load_embedder
@@ -87,7 +89,7 @@ def main() -> int:
                 span = args.seconds / args.rounds
                 flood_kw = {"key": flood_key, "source": "127.0.0.2", "honour": ()}  # resends at once, whatever the answer
                 polite_kw = {"key": polite_key, "source": "127.0.0.3", "honour": (429, 503)}  # waits Retry-After
-                pf = ctx.Process(target=client_process, args=(url, body, args.clients, span, qf, flood_kw))
+                pf = ctx.Process(target=client_process, args=(url, body, flood_n, span, qf, flood_kw))
                 pp = ctx.Process(target=client_process, args=(url, body, args.clients, span, qp, polite_kw))
                 pf.start()
                 pp.start()
@@ -136,6 +138,7 @@ def main() -> int:
         "seconds": args.seconds,
         "rounds": args.rounds,
         "clients_per_key": args.clients,
+        "flood_clients": flood_n,
     }
     print(
         f"model best {best:.1f} faces/s | polite {polite_rate:.1f}/s = {100 * result['polite_share']:.0f} % | "

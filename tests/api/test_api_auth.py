@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -328,3 +329,25 @@ def test_slow_body_is_cut_off_with_408(limited):
         reply = b"".join(chunks).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 408"), reply
     assert "request_timeout" in reply and "did not arrive within 2 s" in reply
+
+
+def test_a_connection_resending_before_its_429_retry_after_gets_the_next_429_only_when_it_is_up(limited):
+    """A client that ignores a 429's Retry-After and resends at once on the same connection is answered its
+    next 429 only once that time is up (or just before its request's deadline): it cannot make the server
+    answer refusals as fast as it sends them (issue 19, finding 11). Another key is not held."""
+    with limited.client() as c:
+        for _ in range(8):  # key b's 5 a minute are spent (earlier tests may have spent some)
+            r = c.get("/v1/people", headers=bearer(limited.keys["b"]))
+            if r.status_code == 429:
+                break
+        assert r.status_code == 429
+        t0 = time.monotonic()
+        again = c.get("/v1/people", headers=bearer(limited.keys["b"]))  # at once, same connection
+        held = time.monotonic() - t0
+        assert again.status_code == 429 and again.json()["code"] == "rate_limited"
+        # Retry-After is at least 1 s; the request timeout here is 2 s, so the hold ends by then
+        assert held >= 0.9, held
+    with limited.client() as other:  # a new connection of another key: answered at once
+        t0 = time.monotonic()
+        r = other.get("/v1/people", headers=bearer(limited.keys["a"]))
+        assert r.status_code in (200, 429) and time.monotonic() - t0 < 0.9

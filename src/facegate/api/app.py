@@ -28,7 +28,7 @@ from facegate.security.challenges import ChallengeStore
 from facegate.gallery.backends import challenges_for
 from .auth import AuthMiddleware, RateLimits
 from .deps import Worker
-from .limits import AdmissionMiddleware, BodyLimitMiddleware, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
+from .limits import AdmissionMiddleware, BodyLimitMiddleware, FairGate, JsonBodyMiddleware, PixelBudgetMiddleware, TimeoutMiddleware
 from .metrics import Metrics
 from .origin import HostOriginMiddleware
 
@@ -98,12 +98,11 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     app.state.tally = audit.Tally()  # crop reads, listings, failed authentication: counted per actor per minute
     app.add_middleware(PixelBudgetMiddleware, per_request=settings.max_request_pixels, per_server=settings.max_server_pixels)
     app.add_middleware(JsonBodyMiddleware)  # innermost: reads a body only after admission, size cap and keys let it in
-    app.add_middleware(
-        AdmissionMiddleware,
-        slots=settings.admission_slots if settings.admission_slots >= 0 else 2 * settings.inference_threads,
-        per_client=settings.admission_queue_per_client,
-        budget_s=settings.latency_budget_s,  # no turn further away than the latency budget (503 + Retry-After)
-    )  # turns per key (address when keys are off): inside auth, which names the key
+    slots = settings.admission_slots if settings.admission_slots >= 0 else 2 * settings.inference_threads
+    # Turns per key (address when keys are off); no turn further away than the latency budget (503 + Retry-After).
+    # One gate for the 503s here and auth's 429s: either Retry-After ignored marks the client impolite.
+    app.state.fair_gate = FairGate(slots, settings.admission_queue_per_client, settings.latency_budget_s) if slots > 0 else None
+    app.add_middleware(AdmissionMiddleware, gate=app.state.fair_gate)  # inside auth, which names the key
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     limits = RateLimits(
         settings.rate_limit_per_key, settings.rate_limit_per_ip, settings.rate_limit_auth_failures, settings.rate_limit_storage

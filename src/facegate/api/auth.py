@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from facegate.security import audit
 from facegate.security.exposure import OpenMode
 from facegate.security.keys import GRANTS, KeyStore
-from .limits import send_error
+from .limits import connection_id, hold_if_impatient, send_error
 
 #: (method, path) -> role. Paths not listed: GET/HEAD outside /v1 and /metrics are public (the web
 #: app's pages and assets, /docs, /healthz); everything else needs an admin key.
@@ -153,7 +153,7 @@ class AuthMiddleware:
         if path not in UNLIMITED:
             wait = await self.limits.ip(addr)
             if wait is not None:
-                await self._too_many(send, wait, f"too many requests from {addr}")
+                await self._too_many(scope, send, f"addr:{addr}", wait, f"too many requests from {addr}")
                 return
         role = required_role(method, path)
         if role is None:
@@ -170,7 +170,7 @@ class AuthMiddleware:
                 return
             wait = await self.limits.key(key_id)
             if wait is not None:
-                await self._too_many(send, wait, f"too many requests with key {key_id}")
+                await self._too_many(scope, send, f"key:{key_id}", wait, f"too many requests with key {key_id}")
                 return
             scope.setdefault("state", {})["principal"] = (key_id, key_role)
             actor = f"key:{key_id}@{addr}"
@@ -180,7 +180,7 @@ class AuthMiddleware:
             await self._audit_failure(scope, addr)
             wait = await self.limits.failed_auth(addr)
             if wait is not None:  # a valid key from the same address still works
-                await self._too_many(send, wait, "too many requests with a missing or wrong API key")
+                await self._too_many(scope, send, f"addr:{addr}", wait, "too many requests with a missing or wrong API key")
                 return
             if keys is not None:
                 self._open(scope).note_refusal(keys.enforcing)
@@ -221,8 +221,11 @@ class AuthMiddleware:
         return getattr(scope["app"].state, "open_mode", None) or _CLOSED
 
     @staticmethod
-    async def _too_many(send: Send, wait: float, why: str) -> None:
+    async def _too_many(scope: Scope, send: Send, who: str, wait: float, why: str) -> None:
+        """429 + Retry-After; to a connection that ignored its last Retry-After, only once that time is up
+        (``limits.hold_if_impatient``: a client resending at once gets no more 429s than it was told to wait for)."""
         seconds = max(1, math.ceil(wait))
+        await hold_if_impatient(getattr(scope["app"].state, "fair_gate", None), who, connection_id(scope), seconds)
         await send_error(send, 429, "rate_limited", f"{why}; retry in {seconds} s", [(b"retry-after", str(seconds).encode())])
 
 

@@ -266,6 +266,26 @@ def client_identity(scope: Scope) -> str:
     return f"addr:{client[0] if client else ''}"
 
 
+def connection_id(scope: Scope) -> str:
+    """The client's address and port: one TCP connection."""
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else ""
+
+
+async def hold_if_impatient(gate: FairGate | None, who: str, conn: str, retry_after_s: float) -> None:
+    """Before a refusal that says Retry-After ``retry_after_s`` (429 or 503): if ``conn`` sent again before the
+    Retry-After it was last given, wait until that time is up (its client is marked impolite by ``arrival``),
+    so that a client resending at once whatever it is told gets one refusal a connection per Retry-After
+    instead of as many as it can send, each costing the server's CPU. Then note the new Retry-After."""
+    if gate is None:
+        return
+    now = time.monotonic()
+    ignored_until = gate.arrival(who, conn, now)
+    if ignored_until is not None:  # at most 5 s, and never past the request's own deadline (its answer stays a 429)
+        await asyncio.sleep(max(0.0, min(ignored_until - now, cancel.remaining(5.0) - 0.1)))
+    gate.told(who, conn, time.monotonic(), retry_after_s)
+
+
 class AdmissionMiddleware:
     """Answers 503 + Retry-After before reading the body when the server is over capacity.
 
@@ -275,9 +295,12 @@ class AdmissionMiddleware:
     body is read, and a connection that ignored its Retry-After gets its next refusal only when that time is up.
     """
 
-    def __init__(self, app: ASGIApp, slots: int = 0, per_client: int = 32, budget_s: float = 0.0) -> None:
+    def __init__(
+        self, app: ASGIApp, slots: int = 0, per_client: int = 32, budget_s: float = 0.0, gate: FairGate | None = None
+    ) -> None:
+        """``gate``: one made by the app factory (shared with ``AuthMiddleware``'s 429s), else one of ``slots``."""
         self.app = app
-        self.gate = FairGate(slots, per_client, budget_s) if slots > 0 else None
+        self.gate = gate if gate is not None else FairGate(slots, per_client, budget_s) if slots > 0 else None
 
     async def _refuse(self, send: Send, who: str, conn: str, why: str, ignored_until: float | None) -> None:
         gate = self.gate
@@ -290,9 +313,7 @@ class AdmissionMiddleware:
         if scope["type"] == "http" and scope.get("method") == "POST" and is_model_route(scope.get("path", "")):
             gate = self.gate
             if gate is not None:
-                who = client_identity(scope)
-                client = scope.get("client")
-                conn = f"{client[0]}:{client[1]}" if client else ""
+                who, conn = client_identity(scope), connection_id(scope)
                 ignored_until = gate.arrival(who, conn, time.monotonic())
                 why = gate.refusal(who)
                 if why is not None:  # before the body is read

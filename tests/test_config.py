@@ -203,3 +203,15 @@ def test_setting_errors_never_echo_a_password(tmp_path):
     text = str(err.value)
     assert "camera names must be unique: door" in text
     assert "hunter2" not in text and "swordfish" not in text
+
+
+def test_challenge_actions_are_checked_and_normalised(tmp_path):
+    from pydantic import ValidationError
+
+    s = Settings(_env_file=None, data_dir=tmp_path, challenge_actions=" Turn_Right, turn_left ,turn_right")
+    assert s.challenge_action_list == ("turn_right", "turn_left")
+    assert Settings(_env_file=None, data_dir=tmp_path).challenge_action_list == ("blink", "turn_left", "turn_right")
+    with pytest.raises(ValidationError, match="unknown challenge actions"):
+        Settings(_env_file=None, data_dir=tmp_path, challenge_actions="blink,smile")
+    with pytest.raises(ValidationError, match="two distinct actions"):
+        Settings(_env_file=None, data_dir=tmp_path, challenge_actions="blink,blink")

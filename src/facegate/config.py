@@ -196,6 +196,11 @@ class Settings(BaseSettings):
         "being enrolled within challenge_ttl_s; their photos must match its face. The reference /register is refused.",
     )
     challenge_ttl_s: float = Field(10.0, gt=0, le=120, description="Seconds a liveness challenge may be answered in, from its creation.")
+    challenge_actions: str = Field(
+        "blink,turn_left,turn_right",
+        description="The actions a liveness challenge asks two of, comma-separated: blink, turn_left, turn_right. Leave "
+        "blink out where cameras miss blinks (a low frame rate, thick glasses); with two actions only their order is random.",
+    )
     challenge_max_open: int = Field(
         10_000, ge=1, description="Liveness challenges open (asked, unanswered, unexpired) at once, all clients together; beyond, 503 busy."
     )
@@ -334,6 +339,23 @@ class Settings(BaseSettings):
     def challenge_liveness(self) -> bool:
         """Only an answered challenge names a face (``liveness`` "challenge" or "both")."""
         return self.liveness in ("challenge", "both")
+
+    @property
+    def challenge_action_list(self) -> tuple[str, ...]:
+        return tuple(self.challenge_actions.split(","))
+
+    @field_validator("challenge_actions")
+    @classmethod
+    def _actions(cls, v: str) -> str:
+        from facegate.vision.challenge import ACTIONS
+
+        names = list(dict.fromkeys(a.strip().lower() for a in v.split(",") if a.strip()))
+        unknown = [a for a in names if a not in ACTIONS]
+        if unknown:
+            raise ValueError(f"unknown challenge actions {unknown}: choose from {', '.join(ACTIONS)}")
+        if len(names) < 2:
+            raise ValueError(f"a challenge asks two distinct actions: name at least two of {', '.join(ACTIONS)}")
+        return ",".join(names)
 
     @field_validator("rate_limit_per_key", "rate_limit_per_ip", "rate_limit_auth_failures")
     @classmethod

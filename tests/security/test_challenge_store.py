@@ -221,3 +221,15 @@ def test_gallery_encrypt_drops_passed_faces_stored_in_the_clear(tmp_path):
         s.spend_passed(c.id, c.owner)
     s.close()
     g.close()
+
+
+def test_challenges_ask_only_the_configured_actions(tmp_path):
+    """challenge_actions = turn_left,turn_right: every challenge asks both turns, in a random order, never a blink."""
+    from facegate.gallery.challenges import SqliteChallengeStore
+
+    store = ChallengeStore(backend=SqliteChallengeStore(tmp_path / "g.sqlite3"), actions=("turn_left", "turn_right"))
+    asked = [store.new("key:a").actions for _ in range(40)]
+    assert all(set(a) == {"turn_left", "turn_right"} for a in asked)
+    assert len(set(asked)) == 2  # both orders occur (odds of one order 40 times: 2 x 2^-40)
+    with pytest.raises(ValueError, match="at least two"):
+        ChallengeStore(backend=SqliteChallengeStore(tmp_path / "h.sqlite3"), actions=("blink",))

@@ -66,6 +66,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             backend=await anyio.to_thread.run_sync(challenges_for, g, settings.encryption_key),
             max_open=settings.challenge_max_open,
             max_open_per_key=settings.challenge_max_open_per_key,
+            actions=settings.challenge_action_list,
         )
         # Cameras (docs/cameras.md): events go to the event store when there is one (app.state.events), else the log.
         app.state.cameras = CameraManager(

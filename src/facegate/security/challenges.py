@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -70,7 +70,12 @@ class ChallengeStore:
         replay_window_s: float = 600.0,
         purge_every_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        actions: Sequence[str] = ACTIONS,
     ) -> None:
+        """``actions``: those a challenge asks two of (``challenge_actions``)."""
+        if len(set(actions)) < 2 or not set(actions) <= set(ACTIONS):
+            raise ValueError(f"challenge actions must be at least two of {ACTIONS}, got {tuple(actions)}")
+        self.actions = tuple(dict.fromkeys(actions))
         if backend is None:
             from facegate.gallery.challenges import SqliteChallengeStore
 
@@ -89,7 +94,7 @@ class ChallengeStore:
         rng = secrets.SystemRandom()
         now = self._clock()
         self._purge(now)
-        c = Challenge(secrets.token_urlsafe(16), tuple(rng.sample(ACTIONS, count)), now + self.ttl_s, owner)
+        c = Challenge(secrets.token_urlsafe(16), tuple(rng.sample(self.actions, count)), now + self.ttl_s, owner)
         full = self.backend.add(
             c, bucket_of(owner), now=now, forget_at=c.expires_at + self.replay_window_s,
             max_open=self.max_open, max_open_per_key=self.max_open_per_key,

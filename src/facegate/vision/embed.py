@@ -328,7 +328,7 @@ def load_embedder(
     """Load a model by name: bundled in a package, or imported into ``models_dir``. Never downloads.
 
     ``precision = "int8"``: its 8-bit copy in ``models_dir/int8``, built there from the float model on
-    first use (``facegate.vision.quantize``; one to four minutes on two cores). Its ``model_id`` ends in ``-int8.2`` (the recipe): a gallery
+    first use (``facegate.vision.quantize``, in a child process; minutes on two cores). Its ``model_id`` ends in ``-int8.3`` (the recipe): a gallery
     made at one precision refuses the other until ``facegate gallery reembed``.
     """
     if precision not in PRECISIONS:
@@ -340,14 +340,16 @@ def load_embedder(
         raise ModelUnavailableError("precision = 'int8' needs a data directory to keep the 8-bit model in")
     from . import quantize
 
-    found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
-    if found is None:
-        import logging
-
-        logging.getLogger(__name__).warning("building the int8 copy of %s in %s (once)", kw["name"], models_dir)
-        build_int8_model(name, Path(models_dir), threads=threads)
+    with quantize.build_lock(Path(models_dir), kw["name"]) as lock_fd:  # another process may be building it
         found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
-        assert found is not None
+        if found is None:
+            import logging
+
+            logging.getLogger(__name__).warning("building the int8 copy of %s in %s (once)", kw["name"], models_dir)
+            quantize.build_in_child(name, Path(models_dir), threads=threads, lock_fd=lock_fd)
+            found = quantize.load_int8(Path(models_dir), kw["name"], source_sha)
+            if found is None:
+                raise quantize.QuantizeError(f"the int8 build of {name} left no usable model in {models_dir}")
     kw["version"] = f"{kw['version']}-int8.{quantize.RECIPE}"
     return OnnxEmbedder(found[0], threads=threads, lane=lane, **kw)
 
@@ -356,7 +358,19 @@ def build_int8_model(
     name: str, models_dir: Path, *, photos: list[Path] | None = None, calibration: str | None = None, threads: int = 2
 ) -> dict:
     """(Re)build the int8 copy of model ``name`` in ``models_dir/int8``, calibrated on the faces in ``photos``
-    (default: photos shipped by FaceGate's dependencies, see ``facegate.vision.quantize``); its card."""
+    (default: photos shipped by FaceGate's dependencies, see ``facegate.vision.quantize``); its card.
+    The build runs in a child process, under the int8 folder's lock (after any other build of it)."""
+    from . import quantize
+
+    _float_model(name, models_dir)  # an unknown model is refused here, before a child is started
+    with quantize.build_lock(Path(models_dir), name) as lock_fd:
+        return quantize.build_in_child(name, Path(models_dir), photos=photos, calibration=calibration, threads=threads, lock_fd=lock_fd)
+
+
+def build_int8_here(
+    name: str, models_dir: Path, *, photos: list[Path] | None = None, calibration: str | None = None, threads: int = 2
+) -> dict:
+    """``build_int8_model``'s work, in this process (the build's child process runs it)."""
     from . import quantize
 
     data, source_sha, kw = _float_model(name, models_dir)

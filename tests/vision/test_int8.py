@@ -173,7 +173,8 @@ def test_int8_agrees_with_float_on_lfw_dev(float_and_int8, lfw_dir):
     crops, missed = face_crops(photos_in(lfw_dir)[::4])
     assert len(crops) >= 150 and missed <= 5
     cos = agreement(*float_and_int8, crops)
-    # measured, recipe 2 (first 11 convolutions float): median 0.998, least 0.994 (without flip TTA:
+    # measured, recipe 3: median 0.998, least 0.9937 (without flip TTA: 0.9971, 0.9908);
+    # recipe 2 (first 11 convolutions float): median 0.998, least 0.994 (without flip TTA:
     # 0.997, 0.992); recipe 1 (every layer int8) had median 0.993, least 0.983, and fails this
     assert np.median(cos) >= 0.996 and cos.min() >= 0.99, (np.median(cos), cos.min())
 
@@ -333,7 +334,7 @@ def test_a_second_process_waits_for_the_build_then_loads_it(int8_dir, tmp_path):
     assert second.returncode == 0, err
     assert "model sface-2021dec-int8.3" in out
     assert "waiting for another process building the int8 copy of sface" in err
-    assert "building the int8 copy" not in err  # loaded, not built again
+    assert "(once)" not in err and "built the int8 copy" not in err  # loaded, not built again
     assert quantize.int8_paths(models, "sface")[0].stat().st_mtime_ns == written
     assert os.path.getsize(quantize.int8_paths(models, "sface")[0]) == os.path.getsize(quantize.int8_paths(int8_dir, "sface")[0])
 

@@ -12,7 +12,6 @@ reasons}``. A client key may call both routes; a challenge can be answered only 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 from typing import Literal
 
 import anyio

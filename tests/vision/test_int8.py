@@ -290,13 +290,6 @@ def test_calibration_sees_each_face_under_the_eval_conditions():
     assert x[2 * n + 2].mean() < 0.5 * crops[2].mean()  # dark
 
 
-def _with_pythonpath(tmp: Path, code: str) -> Path:
-    site = tmp / "site"
-    site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(code)
-    return site
-
-
 def test_a_second_process_waits_for_the_build_then_loads_it(int8_dir, tmp_path):
     """Two servers starting at once on a fresh data directory: the one that finds the int8 folder's lock
     held waits, then loads the model the other wrote, without building it again."""

@@ -272,18 +272,22 @@ def connection_id(scope: Scope) -> str:
     return f"{client[0]}:{client[1]}" if client else ""
 
 
-async def hold_if_impatient(gate: FairGate | None, who: str, conn: str, retry_after_s: float) -> None:
-    """Before a refusal that says Retry-After ``retry_after_s`` (429 or 503): if ``conn`` sent again before the
-    Retry-After it was last given, wait until that time is up (its client is marked impolite by ``arrival``),
-    so that a client resending at once whatever it is told gets one refusal a connection per Retry-After
-    instead of as many as it can send, each costing the server's CPU. Then note the new Retry-After."""
-    if gate is None:
-        return
-    now = time.monotonic()
-    ignored_until = gate.arrival(who, conn, now)
-    if ignored_until is not None:  # at most 5 s, and never past the request's own deadline (its answer stays a 429)
-        await asyncio.sleep(max(0.0, min(ignored_until - now, cancel.remaining(5.0) - 0.1)))
+async def before_refusal(gate: FairGate, who: str, conn: str, ignored_until: float | None, retry_after_s: float) -> None:
+    """Before a refusal that says Retry-After ``retry_after_s`` (429 or 503) on ``conn``: if it resent before the
+    Retry-After it was last given (``ignored_until``, from ``FairGate.arrival``, which also marked its client
+    impolite), wait until that time is up, so that a client resending at once whatever it is told gets one
+    refusal a connection per Retry-After instead of as many as it can send, each costing the server's CPU;
+    at most 5 s, and never past the request's own deadline (its answer stays the refusal). Then note the new
+    Retry-After."""
+    if ignored_until is not None:
+        await asyncio.sleep(max(0.0, min(ignored_until - time.monotonic(), cancel.remaining(5.0) - 0.1)))
     gate.told(who, conn, time.monotonic(), retry_after_s)
+
+
+async def hold_if_impatient(gate: FairGate | None, who: str, conn: str, retry_after_s: float) -> None:
+    """``before_refusal`` for a refusal decided before the gate saw the request (auth's 429s)."""
+    if gate is not None:
+        await before_refusal(gate, who, conn, gate.arrival(who, conn, time.monotonic()), retry_after_s)
 
 
 class AdmissionMiddleware:
@@ -303,10 +307,7 @@ class AdmissionMiddleware:
         self.gate = gate if gate is not None else FairGate(slots, per_client, budget_s) if slots > 0 else None
 
     async def _refuse(self, send: Send, who: str, conn: str, why: str, ignored_until: float | None) -> None:
-        gate = self.gate
-        if ignored_until is not None:  # answered when the Retry-After it ignored is up: costs nothing meanwhile
-            await asyncio.sleep(min(5.0, max(0.0, ignored_until - time.monotonic())))
-        gate.told(who, conn, time.monotonic())
+        await before_refusal(self.gate, who, conn, ignored_until, 1.0)  # send_error's 503 says Retry-After: 1
         await send_error(send, 503, "busy", why)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -351,3 +351,32 @@ def test_a_connection_resending_before_its_429_retry_after_gets_the_next_429_onl
         t0 = time.monotonic()
         r = other.get("/v1/people", headers=bearer(limited.keys["a"]))
         assert r.status_code in (200, 429) and time.monotonic() - t0 < 0.9
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory):
+    """A per-address limit just above the per-key one: a key's next request after its 429 hits the address's."""
+    data = tmp_path_factory.mktemp("tight") / "data"
+    key = new_key(data, "admin", "c")
+    s = ServerProcess(
+        data,
+        env={"FACEGATE_RATE_LIMIT_PER_KEY": "3/minute", "FACEGATE_RATE_LIMIT_PER_IP": "4/minute", "FACEGATE_REQUEST_TIMEOUT_S": "3"},
+    ).start()
+    s.key = key
+    yield s
+    s.stop()
+
+
+def test_a_keyed_client_that_ignored_its_429_is_held_by_the_per_address_429_too(tight):
+    """The per-address 429 of a request with a valid key names the key, as the per-key 429 and admission's 503
+    do: a client that resends at once after its key's 429 and then runs into its address's limit gets that
+    429 only once its first Retry-After is up. Before, the two were noted under different names (key and
+    address) and the second 429 came at once."""
+    with tight.client() as c:
+        codes = [c.get("/v1/people", headers=bearer(tight.key)).status_code for _ in range(4)]
+        assert codes == [200, 200, 200, 429]  # the 4th: the key's limit (the address's allows 4)
+        t0 = time.monotonic()
+        r = c.get("/v1/people", headers=bearer(tight.key))  # at once, same connection: the address's limit
+        held = time.monotonic() - t0
+        assert r.status_code == 429 and "too many requests from" in r.json()["detail"], r.json()
+        assert held >= 0.9, held

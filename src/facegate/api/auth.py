@@ -153,7 +153,7 @@ class AuthMiddleware:
         if path not in UNLIMITED:
             wait = await self.limits.ip(addr)
             if wait is not None:
-                await self._too_many(scope, send, f"addr:{addr}", wait, f"too many requests from {addr}")
+                await self._too_many(scope, send, self._client(scope, addr), wait, f"too many requests from {addr}")
                 return
         role = required_role(method, path)
         if role is None:
@@ -219,6 +219,16 @@ class AuthMiddleware:
     def _open(scope: Scope) -> OpenMode:
         """The server's open mode (set at start); closed if there is none."""
         return getattr(scope["app"].state, "open_mode", None) or _CLOSED
+
+    @staticmethod
+    def _client(scope: Scope, addr: str) -> str:
+        """Who a per-address 429 is to (for its hold): the request's API key when it presents a valid one, as
+        admission's turns and 503s name it (``limits.client_identity``), so that a keyed client that ignored a
+        503 or a per-key 429 is held here too; else its address. Looked up only when refusing."""
+        keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        key = presented_key(dict(scope.get("headers") or []))
+        found = keys.check(key) if keys is not None and key else None
+        return f"key:{found[0]}" if found is not None else f"addr:{addr}"
 
     @staticmethod
     async def _too_many(scope: Scope, send: Send, who: str, wait: float, why: str) -> None:

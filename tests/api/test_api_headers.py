@@ -23,6 +23,8 @@ FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
 ]
+#: The one foreign file a FaceGate page asks for: ReDoc 2.5's sidebar hard-codes Redocly's logo.
+REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 EXPECTED = {"x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 
 
@@ -34,7 +36,9 @@ def assert_secured(r, mediapipe_page: bool = False) -> None:
     directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
     assert directives.get("default-src") == ["'self'"], (r.request.url, csp)
     assert directives.get("frame-ancestors") == ["'none'"], (r.request.url, csp)
-    assert "'unsafe-inline'" not in csp and "*" not in csp and "http" not in csp, csp
+    assert "'unsafe-inline'" not in directives["script-src"] and "*" not in csp and "http" not in csp, csp
+    # Inline styles on ReDoc's page alone (styled-components writes its <style> elements at run time)
+    assert ("'unsafe-inline'" in csp) == (r.request.url.path == "/redoc"), (r.request.url, csp)
     assert ("'unsafe-eval'" in directives["script-src"]) == mediapipe_page, (r.request.url, csp)
 
 
@@ -60,6 +64,8 @@ def test_every_kind_of_answer_carries_the_headers(enrolled):
             "schema": c.get("/openapi.json"),
             "docs": c.get("/docs"),
             "docs asset": c.get(f"{headers.SWAGGER_URL}/swagger-ui.css"),
+            "redoc": c.get("/redoc"),
+            "redoc asset": c.get(f"{headers.REDOC_URL}/redoc.standalone.js"),
             "404": c.get("/no/such/thing"),
             "422": c.post("/v1/identify", content=b"{", headers={"Content-Type": "application/json"}),
             "415": c.post("/v1/identify", content=b"x", headers={"Content-Type": "text/plain"}),
@@ -69,7 +75,7 @@ def test_every_kind_of_answer_carries_the_headers(enrolled):
     statuses = {k: r.status_code for k, r in answers.items()}
     assert statuses == {
         "page": 200, "register page": 200, "gallery page": 200, "static file": 200, "MediaPipe asset": 200, "JSON": 200, "listing": 200,
-        "schema": 200, "docs": 200, "docs asset": 200, "404": 404, "422": 422, "415": 415,
+        "schema": 200, "docs": 200, "docs asset": 200, "redoc": 200, "redoc asset": 200, "404": 404, "422": 422, "415": 415,
         "403 foreign origin": 403, "400 foreign host": 400,
     }
     for kind, r in answers.items():
@@ -89,22 +95,27 @@ def test_an_unhandled_error_500_carries_them_too():
     assert_secured(r)
 
 
-def test_docs_are_local_swagger_ui_and_redoc_is_off(enrolled):
+@pytest.mark.parametrize("path, marker", [("/docs", "SwaggerUIBundle"), ("/redoc", "<redoc spec-url=")])
+def test_docs_and_redoc_load_only_this_servers_files(enrolled, path, marker):
     with enrolled.client() as c:
-        r = c.get("/docs")
-        assert r.status_code == 200 and "SwaggerUIBundle" in r.text
+        r = c.get(path)
+        assert r.status_code == 200 and marker in r.text
         refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)""", r.text)
-        assert refs and all(u.startswith(headers.SWAGGER_URL + "/") for u in refs), refs
-        assert not re.search(r"https?://|//[a-z]", r.text, re.I), "an external host in /docs"
+        local = (headers.SWAGGER_URL + "/", headers.REDOC_URL + "/")
+        assert refs and all(u.startswith(local) for u in refs), refs
+        assert not re.search(r"https?://|//[a-z]", r.text, re.I), f"an external host in {path}"
         for u in refs:
             assert c.get(u).status_code == 200, u
-        assert c.get("/redoc").status_code == 404
-    # Only the pinned version is used: the one package.json names, exactly.
+
+
+@pytest.mark.parametrize("package, folder", [("swagger-ui-dist", headers.SWAGGER_DIR), ("redoc", headers.REDOC_DIR.parent)])
+def test_only_the_pinned_docs_packages_are_served(package, folder):
+    """The version package.json names, exactly (npm ci installs what the lock file says)."""
     import json
 
-    pinned = json.loads((web.HERE / "package.json").read_text())["dependencies"]["swagger-ui-dist"]
+    pinned = json.loads((web.HERE / "package.json").read_text())["dependencies"][package]
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), pinned
-    assert json.loads((headers.SWAGGER_DIR / "package.json").read_text())["version"] == pinned
+    assert json.loads((folder / "package.json").read_text())["version"] == pinned
 
 
 def write_y4m(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
@@ -126,6 +137,7 @@ def test_chromium_runs_the_pages_and_docs_under_the_csp_without_a_violation(enro
     console: list[str] = []
     errors: list[str] = []
     requests: list[str] = []
+    refused: list[str] = []  # requests the CSP stopped before they left the browser
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=str(CHROMIUM), headless=True, args=[*FLAGS, f"--use-file-for-fake-video-capture={y4m}"]
@@ -134,6 +146,7 @@ def test_chromium_runs_the_pages_and_docs_under_the_csp_without_a_violation(enro
             ctx = browser.new_context(viewport={"width": 1000, "height": 900})
             ctx.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             ctx.on("request", lambda r: requests.append(r.url))
+            ctx.on("requestfailed", lambda r: refused.append(r.url) if "csp" in (r.failure or "").lower() else None)
             ctx.on("weberror", lambda e: errors.append(str(e.error)))
             # Violations a script catches (MediaPipe turns a refused eval into "Face detection unavailable")
             # never reach the console: the document's securitypolicyviolation events are kept as well.
@@ -166,6 +179,16 @@ def test_chromium_runs_the_pages_and_docs_under_the_csp_without_a_violation(enro
             assert page.locator(".opblock").count() > 10
             page.wait_for_timeout(500)
             keep()
+            # ReDoc, from this server only, renders the API, and its search (a blob: worker) finds a route.
+            page.goto(enrolled.url + "/redoc")
+            page.wait_for_selector("[data-section-id^='operation/']", timeout=60_000)
+            assert page.locator("[data-section-id^='operation/']").count() > 10
+            page.fill("input[placeholder='Search...']", "predict")
+            page.wait_for_function(
+                "() => /predict/i.test(document.querySelector(\"[data-role='search:results']\")?.innerText || '')", timeout=30_000
+            )
+            # Its sidebar's one foreign file, Redocly's logo, is refused by the CSP (never fetched; ReDoc then hides it).
+            assert page.evaluate("() => window.__csp") == [f"img-src {REDOCLY_LOGO}"]
             # A check that the check works: an inline script is refused and says so in the console.
             page.goto(enrolled.url + "/web/static/app.css")
             page.evaluate("() => { const s = document.createElement('script'); s.textContent = '1'; document.head.appendChild(s); }")
@@ -173,21 +196,23 @@ def test_chromium_runs_the_pages_and_docs_under_the_csp_without_a_violation(enro
             assert page.evaluate("() => window.__csp") == ["script-src-elem inline"]
         finally:
             browser.close()
-    violations = [m for m in console if "Content Security Policy" in m]
+    violations = [m for m in console if "Content Security Policy" in m and REDOCLY_LOGO not in m]
     assert len(violations) == 1 and "inline" in violations[0], violations  # the deliberate one only
     assert seen == [], seen
     own = [u for u in requests if not u.startswith(("data:", "blob:"))]
-    assert own and all(u.startswith(enrolled.url) for u in own), [u for u in own if not u.startswith(enrolled.url)]
+    foreign = [u for u in own if not u.startswith(enrolled.url)]
+    assert own and foreign == [REDOCLY_LOGO] and refused == [REDOCLY_LOGO], (foreign, refused)  # asked, never fetched
     assert not errors, errors
 
 
-def test_the_package_carries_swagger_ui():
-    """`pip install .` ships the files /docs serves (pyproject's package-data for facegate.web)."""
+def test_the_package_carries_swagger_ui_and_redoc():
+    """`pip install .` ships the files /docs and /redoc serve (pyproject's package-data for facegate.web)."""
     import fnmatch
     import tomllib
 
     root = Path(__file__).resolve().parents[2]
     patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["facegate.web"]
-    for name in headers.SWAGGER_FILES:
-        rel = f"node_modules/swagger-ui-dist/{name}"
+    shipped = [f"node_modules/swagger-ui-dist/{n}" for n in headers.SWAGGER_FILES]
+    shipped += [f"node_modules/redoc/bundles/{n}" for n in headers.REDOC_FILES]
+    for rel in shipped:
         assert any(fnmatch.fnmatch(rel, p) for p in patterns), rel

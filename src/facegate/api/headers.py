@@ -11,11 +11,16 @@ Every answer (pages, static files, JSON, errors, even an unhandled error's 500) 
 - ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``, and ``X-Frame-Options: DENY``
   for browsers that predate ``frame-ancestors``.
 
-``/docs`` is Swagger UI from npm ``swagger-ui-dist`` (pinned in ``web/package.json``, installed by
-``npm ci --prefix src/facegate/web`` beside MediaPipe), served from ``/web/swagger``: nothing is loaded
-from a CDN, it works offline, and no foreign script runs on the origin whose local storage holds the
-API key. Its one inline script (FastAPI's start-up of Swagger UI) is allowed by its SHA-256 alone, on
-that page. ReDoc has no bundle in that package, so ``/redoc`` is off.
+``/docs`` is Swagger UI from npm ``swagger-ui-dist`` and ``/redoc`` ReDoc's standalone bundle from npm
+``redoc`` (both pinned in ``web/package.json``, installed by ``npm ci --prefix src/facegate/web`` beside
+MediaPipe), served from ``/web/swagger`` and ``/web/redoc``: nothing is loaded from a CDN, they work
+offline, and no foreign script runs on the origin whose local storage holds the API key. Swagger UI's
+one inline script (FastAPI's start-up of it) is allowed by its SHA-256 alone, on that page. ReDoc
+styles itself with ``<style>`` elements it writes at run time (styled-components), which no hash can
+name: its page alone allows inline styles (``style-src 'unsafe-inline'``: styles, never scripts), and
+its search index runs in a worker it starts from a ``blob:`` URL (``worker-src blob:``). Its sidebar
+asks for Redocly's logo from ``cdn.redoc.ly``: the CSP refuses it (nothing is fetched; the browser
+logs the refusal) and ReDoc then leaves the image out.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import hashlib
 import re
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,6 +65,11 @@ HEADERS = [
 SWAGGER_DIR = web.HERE / "node_modules" / "swagger-ui-dist"
 SWAGGER_URL = "/web/swagger"
 SWAGGER_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon-32x32.png")
+REDOC_DIR = web.HERE / "node_modules" / "redoc" / "bundles"
+REDOC_URL = "/web/redoc"
+REDOC_FILES = ("redoc.standalone.js",)
+#: ReDoc's page: its run-time ``<style>`` elements, and its search worker started from a ``blob:`` URL.
+CSP_REDOC = CSP.replace("img-src", "style-src 'self' 'unsafe-inline'; worker-src blob:; img-src")
 
 
 class SecurityHeadersMiddleware:
@@ -88,6 +98,21 @@ class SecurityHeadersMiddleware:
 
 def swagger_installed() -> bool:
     return all((SWAGGER_DIR / f).is_file() for f in SWAGGER_FILES)
+
+
+def redoc_installed() -> bool:
+    return all((REDOC_DIR / f).is_file() for f in REDOC_FILES)
+
+
+def _redoc_page(app: FastAPI) -> str:
+    """ReDoc's page: no Google Fonts, and Swagger UI's icon (FastAPI's default is an image from its website)."""
+    return get_redoc_html(
+        openapi_url=app.openapi_url or "/openapi.json",
+        title=f"{app.title} - API reference",
+        redoc_js_url=f"{REDOC_URL}/redoc.standalone.js",
+        redoc_favicon_url=f"{SWAGGER_URL}/favicon-32x32.png",
+        with_google_fonts=False,
+    ).body.decode()
 
 
 def _docs_page(app: FastAPI) -> tuple[str, str]:
@@ -127,6 +152,27 @@ def install(app: FastAPI) -> None:
             return JSONResponse(
                 {
                     "detail": "the API docs' Swagger UI is not installed: run `npm ci --prefix src/facegate/web` "
+                    "before `pip install .`; the schema itself is at /openapi.json",
+                    "code": "assets_missing",
+                },
+                status_code=404,
+            )
+
+    if redoc_installed():
+        app.mount(REDOC_URL, StaticFiles(directory=REDOC_DIR), name="web-redoc")
+        reference = _redoc_page(app)
+
+        @app.get("/redoc", include_in_schema=False)
+        async def redoc() -> HTMLResponse:
+            return HTMLResponse(reference, headers={"Content-Security-Policy": CSP_REDOC, "Cache-Control": "no-cache"})
+
+    else:
+
+        @app.get("/redoc", include_in_schema=False)
+        async def redoc_missing() -> JSONResponse:
+            return JSONResponse(
+                {
+                    "detail": "the API reference's ReDoc is not installed: run `npm ci --prefix src/facegate/web` "
                     "before `pip install .`; the schema itself is at /openapi.json",
                     "code": "assets_missing",
                 },

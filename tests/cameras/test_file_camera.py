@@ -6,8 +6,13 @@ The person is enrolled through the server's /register; the server is then starte
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from conftest import ServerProcess, facegate, said
-from camkit import PERSON, door_video, enrol, events_of, ffmpeg, wait_for  # noqa: F401  (fixtures)
+from camkit import PERSON, door_video, enrol, events_of, ffmpeg, make_video, photos, wait_for  # noqa: F401  (fixtures)
 
 
 def test_file_camera_gives_one_event_per_person(tmp_path, lfw_dir, door_video):
@@ -80,3 +85,39 @@ def test_camera_flag_needs_name_equals_url(tmp_path):
         [sys.executable, "-m", "facegate.cli", "serve", "--data", str(tmp_path), *twice], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and "given twice" in said(proc) and "s3cret" not in said(proc)
+
+
+@pytest.fixture(scope="module")
+def stay_video(tmp_path_factory, lfw_dir, ffmpeg) -> Path:
+    """1 s empty, then the enrolled person, still, for 40 s: in view when the server stops."""
+    return make_video(tmp_path_factory.mktemp("stay") / "stay.mp4", [(None, 1.0), (photos(lfw_dir, PERSON)[3], 40.0)], whole=True)
+
+
+def test_a_track_still_open_when_the_server_stops_gives_its_event(tmp_path, lfw_dir, stay_video):
+    """The person in view when the server shuts down is decided then, on the faces seen, and stored:
+    before, the open track was dropped and that passage left no event."""
+    data = tmp_path / "data"
+    first = ServerProcess(data).start()
+    try:
+        with first.client() as c:
+            person_id = enrol(c, lfw_dir)
+    finally:
+        first.stop()
+    # 20 identifications before a track is decided: still open while the person stands there (4 s or more)
+    cams = json.dumps([{"name": "door", "url": str(stay_video), "identify": 20}])
+    server = ServerProcess(data, env={"FACEGATE_CAMERAS": cams}).start()
+    try:
+        with server.client() as c:
+            st = wait_for(c, "door", lambda s: s["tracks_now"] == 1 and s["frames"] >= 3, 60, "the person in view")
+            assert st["events"] == 0, st
+    finally:
+        server.stop()
+    log = Path(server.log.name).read_text(errors="replace")
+    assert "track 1 recognized Arnold Schwarzenegger" in log and ", ended," in log, log[-3000:]
+    again = ServerProcess(data).start()
+    try:
+        with again.client() as c:
+            events = c.get("/v1/events", params={"camera": "door"}).json()["events"]
+    finally:
+        again.stop()
+    assert [(e["status"], e["person_id"]) for e in events] == [("recognized", person_id)], events

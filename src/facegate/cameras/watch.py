@@ -161,6 +161,12 @@ class CameraWatcher:
             while self._window and self._window[0] < now - 3.0:
                 self._window.popleft()
             self._publish(decided)
+        # Stopped (the server shutting down, or the camera's claim lost to another process): the tracks still
+        # open are decided now, each on the faces it has, as if its person had left; not dropped unreported.
+        try:
+            self._publish(self.tracks.finish())
+        except Exception:
+            log.exception("camera %s: could not decide its open tracks at stop", self.cfg.name)
         log.info("camera %s: analyser stopped (%d frames, %d tracks, %d events)", self.cfg.name, self.frames, self.tracks.count, self.events)
         self._report_state(False)
 

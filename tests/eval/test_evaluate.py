@@ -105,6 +105,14 @@ def test_eval_tiny_folder_json_and_plots(tiny_folder, tmp_path):
     table = proc.stderr[proc.stderr.index("facegate eval (rates in %"):].split("\n\n")[0]
     assert "TAR" in table and "1e-3" in table and "tta=none" in table and "default / dark" in table, table
     assert max(len(line) for line in table.splitlines()) <= 80 and "…" not in table, table
+    # The second variant against the first, set by set, on the same faces, with its interval.
+    assert [(d["b"], d["a"], d["degradation"]) for d in doc["paired"]] == [("tta=none", "default", "none"), ("tta=none", "default", "dark")]
+    for d in doc["paired"]:
+        assert d["faces"] == ASTRONAUT_PHOTOS + 4 and d["genuine_pairs"] == 6
+        for key in ("tar@far=0.001", "tar@far=0.0001", "eer"):
+            lo, hi = d[key]["ci95"]
+            assert lo <= d[key]["difference"] <= hi and d[key]["difference"] == d[key]["b"] - d[key]["a"], d
+    assert "Paired differences" in proc.stderr and "tta=none - default / dark: TAR@1e-3" in proc.stderr
     # Without --edc nothing of it is written or printed.
     assert "edc" not in doc and not list(plots.glob("edc*")) and "EDC" not in proc.stderr
 

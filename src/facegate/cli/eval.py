@@ -132,7 +132,8 @@ def eval_command(
         Optional[str],
         typer.Option(
             help="Variants side by side, comma-separated: 'default' or key=value[+key=value], any setting or rank=nearest; "
-            "e.g. default,landmarks=blazeface,tta=none,detector=full,rank=nearest,quality_gate=false."
+            "e.g. default,landmarks=blazeface,tta=none,detector=full,rank=nearest,quality_gate=false. "
+            "Each after the first is also compared with it on the same faces: the difference and its 95 % interval."
         ),
     ] = None,
     degrade: Annotated[
@@ -166,7 +167,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Measure recognition on labelled photos with the server's own pipeline: verification, open-set identification, misses, quality rejects."""
-    from facegate.eval.evaluate import DEGRADATIONS, save_plots
+    from facegate.eval.evaluate import DEGRADATIONS, paired_lines, paired_report, save_plots
 
     if pad is not None:
         _pad(pad, config, plots, no_plots, as_json)
@@ -194,8 +195,11 @@ def eval_command(
     if curves is not None:
         files += curves["files"]
     table = summary_table(results) if wide else compact_table(results)
+    paired = paired_report(results, seed=seed)
     if as_json:
         Console(stderr=True, width=None if console.is_terminal or not wide else 200).print(table)
+        if paired:
+            print("\n".join(paired_lines(paired)), file=sys.stderr)
         if curves is not None:
             print("\n".join(curves["lines"]), file=sys.stderr)
         doc = {
@@ -208,10 +212,14 @@ def eval_command(
         }
         if curves is not None:
             doc["edc"] = curves["doc"]
+        if paired:
+            doc["paired"] = paired
         print(json.dumps(doc, indent=2))
     else:
         out = Console()
         Console(width=None if out.is_terminal or not wide else 200).print(table)
+        if paired:
+            print("\n".join(paired_lines(paired)))
         if curves is not None:
             print("\n".join(curves["lines"]))
         for f in files:

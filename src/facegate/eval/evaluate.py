@@ -376,6 +376,7 @@ class Evaluation:
                 lim[sig + "_hi" if kind == "max" and sig == "brightness" else sig] = float(value)
             limits[gate] = lim if pipe.settings.quality_gate else {}
         return {
+            "photos": idx,
             "labels": [self.photos[i].person for i in idx],
             "vectors": np.stack([faces[i].vector for i in idx]) if idx else np.zeros((0, 0)),
             "qualities": signals,
@@ -641,6 +642,52 @@ def edc_report(result: dict[str, Any], fmr: float = 1e-3, *, draws: int = 2000, 
         )
     except ValueError:
         return None
+
+
+def paired_report(results: Sequence[dict[str, Any]], *, draws: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Each variant after the first against the first, set by set, on the faces both embedded and let through
+    their gates (``facegate.eval.paired``: the difference and its 95 % person-bootstrap interval)."""
+    from .paired import paired_difference
+
+    def kept(r: dict[str, Any]) -> dict[int, int]:
+        f = r["_faces"]
+        gate = r["settings"]["quality_gate"]
+        return {p: k for k, p in enumerate(f["photos"]) if not gate or f["gates"]["gate_retry"][k]}
+
+    out = []
+    by_set: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_set.setdefault(r["degradation"], []).append(r)
+    for degradation, rows in by_set.items():
+        base = rows[0]
+        for other in rows[1:]:
+            ka, kb = kept(base), kept(other)
+            common = sorted(set(ka) & set(kb))
+            labels = [base["_faces"]["labels"][ka[p]] for p in common]
+            a = base["_faces"]["vectors"][[ka[p] for p in common]] if common else np.zeros((0, 1))
+            b = other["_faces"]["vectors"][[kb[p] for p in common]] if common else np.zeros((0, 1))
+            diff = paired_difference(labels, a, b, draws=draws, seed=seed)
+            out.append({"a": base["variant"], "b": other["variant"], "degradation": degradation, **diff})
+    return out
+
+
+def paired_lines(report: Sequence[dict[str, Any]]) -> list[str]:
+    """The paired differences in words and points, one line per (variant, set)."""
+    if not report:
+        return []
+    lines = [
+        "",
+        "Paired differences: each variant minus the first, on the faces both kept, in points",
+        "[95 % interval over people: one that holds 0 does not tell the two apart here]:",
+    ]
+    for d in report:
+        parts = []
+        for key, head in (("tar@far=0.001", "TAR@1e-3"), ("tar@far=0.0001", "TAR@1e-4"), ("eer", "EER")):
+            if key in d:
+                lo, hi = d[key]["ci95"]
+                parts.append(f"{head} {100 * d[key]['difference']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+        lines.append(f"  {d['b']} - {d['a']} / {d['degradation']}: " + (", ".join(parts) or "too few pairs"))
+    return lines
 
 
 def result_name(result: dict[str, Any]) -> str:

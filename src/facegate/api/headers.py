@@ -135,49 +135,31 @@ def _docs_page(app: FastAPI) -> tuple[str, str]:
     return html, csp
 
 
-def install(app: FastAPI) -> None:
-    """Serve ``/docs`` from local files, and wrap the whole app (its error pages too) in the headers."""
-    if swagger_installed():
-        app.mount(SWAGGER_URL, StaticFiles(directory=SWAGGER_DIR), name="web-swagger")
-        html, csp = _docs_page(app)  # the same every time: built once
+def _page_route(app: FastAPI, path: str, installed: bool, page, what: str) -> None:
+    """``GET path``: the page (``page()`` gives its HTML and CSP, built once), or a 404 saying how to install it."""
+    if installed:
+        html, csp = page()
 
-        @app.get("/docs", include_in_schema=False)
-        async def docs() -> HTMLResponse:
+        @app.get(path, include_in_schema=False)
+        async def served() -> HTMLResponse:
             return HTMLResponse(html, headers={"Content-Security-Policy": csp, "Cache-Control": "no-cache"})
 
-    else:
+        return
+    detail = f"{what} is not installed: run `npm ci --prefix src/facegate/web` before `pip install .`; the schema itself is at /openapi.json"
 
-        @app.get("/docs", include_in_schema=False)
-        async def docs_missing() -> JSONResponse:
-            return JSONResponse(
-                {
-                    "detail": "the API docs' Swagger UI is not installed: run `npm ci --prefix src/facegate/web` "
-                    "before `pip install .`; the schema itself is at /openapi.json",
-                    "code": "assets_missing",
-                },
-                status_code=404,
-            )
+    @app.get(path, include_in_schema=False)
+    async def missing() -> JSONResponse:
+        return JSONResponse({"detail": detail, "code": "assets_missing"}, status_code=404)
 
+
+def install(app: FastAPI) -> None:
+    """Serve ``/docs`` and ``/redoc`` from local files, and wrap the whole app (its error pages too) in the headers."""
+    if swagger_installed():
+        app.mount(SWAGGER_URL, StaticFiles(directory=SWAGGER_DIR), name="web-swagger")
     if redoc_installed():
         app.mount(REDOC_URL, StaticFiles(directory=REDOC_DIR), name="web-redoc")
-        reference = _redoc_page(app)
-
-        @app.get("/redoc", include_in_schema=False)
-        async def redoc() -> HTMLResponse:
-            return HTMLResponse(reference, headers={"Content-Security-Policy": CSP_REDOC, "Cache-Control": "no-cache"})
-
-    else:
-
-        @app.get("/redoc", include_in_schema=False)
-        async def redoc_missing() -> JSONResponse:
-            return JSONResponse(
-                {
-                    "detail": "the API reference's ReDoc is not installed: run `npm ci --prefix src/facegate/web` "
-                    "before `pip install .`; the schema itself is at /openapi.json",
-                    "code": "assets_missing",
-                },
-                status_code=404,
-            )
+    _page_route(app, "/docs", swagger_installed(), lambda: _docs_page(app), "the API docs' Swagger UI")
+    _page_route(app, "/redoc", redoc_installed(), lambda: (_redoc_page(app), CSP_REDOC), "the API reference's ReDoc")
 
     # Outside every middleware, ServerErrorMiddleware's 500s included: wrap the stack Starlette builds.
     build = app.build_middleware_stack

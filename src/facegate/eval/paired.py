@@ -55,6 +55,8 @@ class _Variant:
     def rates(self, w: np.ndarray) -> dict[str, float]:
         gw, iw = w[self.gp], w[self.ip] * w[self.iq]
         g_total, i_total = gw.sum(), iw.sum()
+        if g_total == 0 or i_total == 0:  # a draw of people with no mated (or no non-mated) pair: no figure
+            return {**{f"tar@far={far:g}": np.nan for far in FARS}, "eer": np.nan}
         above = np.concatenate([np.cumsum(iw[::-1])[::-1], [0.0]])  # impostor weight at or above imp[k]
         below = np.concatenate([[0.0], np.cumsum(gw)])  # genuine weight under gen[k]
         out = {}

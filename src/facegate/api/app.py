@@ -92,7 +92,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         version=__version__,
         description="Self-hosted face recognition: enrol people, then identify faces in images.",
         lifespan=lifespan,
-        docs_url=None,  # /docs is served from local files (headers.install); ReDoc has no local bundle: off
+        docs_url=None,  # /docs and /redoc are served from local files (headers.install), never FastAPI's CDN pages
         redoc_url=None,
     )
     metrics = Metrics()

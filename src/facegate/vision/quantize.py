@@ -289,6 +289,67 @@ def calibration_inputs(crops: np.ndarray) -> np.ndarray:
     return np.concatenate([crops, crops[:, :, ::-1], np.stack(conditioned)])
 
 
+def histogram_on_edges(a: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.histogram(a, bins=edges)``, the same counts, for edges that are nearly evenly spaced.
+
+    Why: onnxruntime's percentile calibrator passes its running histogram's edges (even steps, extended
+    with ``np.arange``, so off by float rounding) back to ``np.histogram`` for every further stride of
+    inputs, and numpy counts on an edge array by sorting the data: 87 % of an SFace build's time
+    (py-spy). Here each value's bin comes from arithmetic, as numpy's own evenly-spaced path finds it,
+    then is moved to the bin whose actual edges hold it (left-closed, the last bin also right-closed,
+    values outside dropped): numpy's counts exactly, about 5x faster. Edges that are not nearly even
+    take numpy's way.
+    """
+    edges = np.asarray(edges)
+    n = len(edges) - 1
+    first, last = float(edges[0]), float(edges[-1])
+    width = (last - first) / n if n > 0 else 0.0
+    if n < 1 or width <= 0 or np.abs(edges - (first + width * np.arange(n + 1))).max() > 0.25 * width:
+        return np.histogram(a, bins=edges)
+    a = np.asarray(a).ravel()
+    counts = np.zeros(n, np.intp)
+    for start in range(0, len(a), 65536):  # in blocks, as numpy does: no large temporary arrays
+        x = a[start : start + 65536]
+        x = x[(x >= edges[0]) & (x <= edges[-1])].astype(np.float64)  # compared as numpy compares them: in float64
+        idx = np.clip(((x - first) / width).astype(np.intp), 0, n - 1)
+        check = np.arange(len(x))
+        while check.size:  # a step or two for the few values near an edge: the edges are within a quarter bin of even
+            v, k = x[check], idx[check]
+            down = v < edges[k]
+            up = (v >= edges[k + 1]) & (k < n - 1)
+            idx[check[down]] -= 1
+            idx[check[up]] += 1
+            check = check[down | up]
+        counts += np.bincount(idx, minlength=n)
+    return counts, edges
+
+
+class _NumpyFastEdges:
+    """numpy, with ``histogram`` on an edge array by ``histogram_on_edges``: what the calibrator module sees."""
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    @staticmethod
+    def histogram(a, bins=10, **kw):
+        if isinstance(bins, np.ndarray) and not kw:
+            return histogram_on_edges(a, bins)
+        return np.histogram(a, bins=bins, **kw)
+
+
+@contextlib.contextmanager
+def _fast_calibration_histograms() -> Iterator[None]:
+    """onnxruntime's calibrator counts with ``histogram_on_edges`` for as long as this lasts."""
+    from onnxruntime.quantization import calibrate
+
+    saved = calibrate.np
+    calibrate.np = _NumpyFastEdges()
+    try:
+        yield
+    finally:
+        calibrate.np = saved
+
+
 def quantize(float_bytes: bytes, inputs: np.ndarray) -> bytes:
     """int8 QDQ model bytes of ``float_bytes``, calibrated on ``inputs`` (N, C, H, W) float32 (preprocessed)."""
     import onnx
@@ -333,18 +394,19 @@ def quantize(float_bytes: bytes, inputs: np.ndarray) -> bytes:
         level = root.level
         root.setLevel(logging.ERROR)  # the tools' per-tensor warnings (rank-1 BatchNorm weights) and progress lines
         try:
-            quantize_static(
-                str(prepared),
-                str(out),
-                Reader(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.Percentile,
-                nodes_to_exclude=float_nodes(prepared),
-                extra_options={"CalibPercentile": PERCENTILE, "CalibStridedMinMax": STRIDE},
-            )
+            with _fast_calibration_histograms():
+                quantize_static(
+                    str(prepared),
+                    str(out),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.Percentile,
+                    nodes_to_exclude=float_nodes(prepared),
+                    extra_options={"CalibPercentile": PERCENTILE, "CalibStridedMinMax": STRIDE},
+                )
         except Exception as exc:  # noqa: BLE001 - onnxruntime's tools raise anything; one clear refusal
             raise QuantizeError(f"onnxruntime could not quantize the model: {type(exc).__name__}: {exc}") from None
         finally:

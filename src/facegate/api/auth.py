@@ -159,10 +159,8 @@ class AuthMiddleware:
         if role is None:
             await self.app(scope, receive, send)
             return
-        keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
-        key = presented_key(dict(scope.get("headers") or []))
         # A valid key settles it in one lookup; whether keys are on at all is asked only without one.
-        found = keys.check(key) if keys is not None and key else None
+        keys, key, found = self._presented(scope)
         if found is not None:
             key_id, key_role = found
             if role not in GRANTS[key_role]:
@@ -221,13 +219,18 @@ class AuthMiddleware:
         return getattr(scope["app"].state, "open_mode", None) or _CLOSED
 
     @staticmethod
-    def _client(scope: Scope, addr: str) -> str:
+    def _presented(scope: Scope) -> tuple[KeyStore | None, str | None, tuple[str, str] | None]:
+        """The server's keys, the key the request presents, and (key id, role) if that key is valid."""
+        keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
+        key = presented_key(dict(scope.get("headers") or []))
+        return keys, key, keys.check(key) if keys is not None and key else None
+
+    @classmethod
+    def _client(cls, scope: Scope, addr: str) -> str:
         """Who a per-address 429 is to (for its hold): the request's API key when it presents a valid one, as
         admission's turns and 503s name it (``limits.client_identity``), so that a keyed client that ignored a
         503 or a per-key 429 is held here too; else its address. Looked up only when refusing."""
-        keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
-        key = presented_key(dict(scope.get("headers") or []))
-        found = keys.check(key) if keys is not None and key else None
+        found = cls._presented(scope)[2]
         return f"key:{found[0]}" if found is not None else f"addr:{addr}"
 
     @staticmethod

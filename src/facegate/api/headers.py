@@ -154,12 +154,13 @@ def _page_route(app: FastAPI, path: str, installed: bool, page, what: str) -> No
 
 def install(app: FastAPI) -> None:
     """Serve ``/docs`` and ``/redoc`` from local files, and wrap the whole app (its error pages too) in the headers."""
-    if swagger_installed():
+    swagger, redoc = swagger_installed(), redoc_installed()
+    if swagger:
         app.mount(SWAGGER_URL, StaticFiles(directory=SWAGGER_DIR), name="web-swagger")
-    if redoc_installed():
+    if redoc:
         app.mount(REDOC_URL, StaticFiles(directory=REDOC_DIR), name="web-redoc")
-    _page_route(app, "/docs", swagger_installed(), lambda: _docs_page(app), "the API docs' Swagger UI")
-    _page_route(app, "/redoc", redoc_installed(), lambda: (_redoc_page(app), CSP_REDOC), "the API reference's ReDoc")
+    _page_route(app, "/docs", swagger, lambda: _docs_page(app), "the API docs' Swagger UI")
+    _page_route(app, "/redoc", redoc, lambda: (_redoc_page(app), CSP_REDOC), "the API reference's ReDoc")
 
     # Outside every middleware, ServerErrorMiddleware's 500s included: wrap the stack Starlette builds.
     build = app.build_middleware_stack

@@ -347,6 +347,7 @@ class Evaluation:
             result["quality_effect"] = self._quality_effect(probes)
             result["identification"] = self._identification(pipe, variant, clean, probes, gate)
             result["_scores"] = (gen, imp)
+            result["_usable"] = usable  # the photos verification used (embedded, through the gate)
             result["_faces"] = self._edc_inputs(pipe, probes)
             return result
         finally:
@@ -650,9 +651,9 @@ def paired_report(results: Sequence[dict[str, Any]], *, draws: int = 1000, seed:
     from .paired import paired_difference
 
     def kept(r: dict[str, Any]) -> dict[int, int]:
-        f = r["_faces"]
-        gate = r["settings"]["quality_gate"]
-        return {p: k for k, p in enumerate(f["photos"]) if not gate or f["gates"]["gate_retry"][k]}
+        """Photo -> its row in ``_faces``, for the photos the variant's verification used."""
+        usable = set(r["_usable"])
+        return {p: k for k, p in enumerate(r["_faces"]["photos"]) if p in usable}
 
     out = []
     by_set: dict[str, list[dict[str, Any]]] = {}

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import pair_scores
+
 #: The false accept rates the TAR difference is given at.
 FARS = (1e-3, 1e-4)
 
@@ -34,12 +36,12 @@ class _Pairs:
         self.genuine = person[i] == person[j]
         self.gp = person[i][self.genuine]  # a genuine pair's person
         self.ip, self.iq = person[i][~self.genuine], person[j][~self.genuine]
-        self._i, self._j = i, j
+        self.labels = labels
 
     def scores(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        v = np.asarray(vectors, dtype=np.float32)
-        s = np.einsum("ij,ij->i", v[self._i], v[self._j]).astype(np.float64)
-        return s[self.genuine], s[~self.genuine]
+        """(genuine, impostor) scores in this pairing's order: ``metrics.pair_scores`` enumerates pairs the same way."""
+        gen, imp = pair_scores(vectors, list(self.labels))
+        return gen.astype(np.float64), imp.astype(np.float64)
 
 
 class _Variant:
